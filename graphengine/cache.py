@@ -1,0 +1,148 @@
+"""Result cache keyed by input signature, bounded by a memory budget, evicting least-recently-used entries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .validation import Link, NodeCall
+
+SizeOf = Callable[[Any], int]
+
+
+def default_sizeof(value: Any, _depth: int = 0) -> int:
+    """Bytes held by a value: `nbytes` of arrays/tensors, summed through lists, tuples and dicts."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if _depth < 6 and isinstance(value, (list, tuple)):
+        return sum(default_sizeof(v, _depth + 1) for v in value)
+    if _depth < 6 and isinstance(value, dict):
+        return sum(default_sizeof(v, _depth + 1) for v in value.values())
+    return sys.getsizeof(value)
+
+
+@dataclass
+class CacheEntry:
+    outputs: list[list[Any]]  # one list of values per output slot (ComfyUI list semantics)
+    ui: dict[str, Any] | None
+    size: int = 0
+
+
+class ResultCache:
+    """An LRU of node results within `max_bytes`; entries used by the running prompt are never evicted.
+
+    Entries of other workflows stay while there is room, so switching back to a graph reuses its results."""
+
+    def __init__(self, max_bytes: int = 8 * 1024**3, sizeof: SizeOf = default_sizeof) -> None:
+        self.max_bytes = max_bytes
+        self.sizeof = sizeof
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._total = 0
+        self._lock = threading.RLock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    @property
+    def total_bytes(self) -> int:
+        return self._total
+
+    def get(self, key: str) -> CacheEntry | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def touch(self, keys: Iterable[str]) -> None:
+        """Mark entries as recently used (every cached node of a running prompt belongs to the active workflow)."""
+        with self._lock:
+            for key in keys:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+
+    def put(self, key: str, entry: CacheEntry, protected: Iterable[str] = ()) -> None:
+        with self._lock:
+            entry.size = self.sizeof(entry.outputs)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._total -= old.size
+            self._entries[key] = entry
+            self._total += entry.size
+            self.evict(protected={key, *protected})
+
+    def evict(self, protected: Iterable[str] = ()) -> None:
+        keep = set(protected)
+        with self._lock:
+            for key in list(self._entries):
+                if self._total <= self.max_bytes:
+                    break
+                if key in keep:
+                    continue
+                self._total -= self._entries.pop(key).size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._total = 0
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def _reject(value: Any) -> Any:
+    raise _Uncacheable(type(value).__name__)
+
+
+def _fingerprint_text(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        raise _Uncacheable("NaN fingerprint")
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+def compute_signatures(nodes: dict[str, NodeCall], order: list[str]) -> dict[str, str]:
+    """Input signature of every node: class, constants, fingerprint and the ancestors' signatures — never node ids
+    (except for NOT_IDEMPOTENT nodes), so identical sub-graphs share results. `order` is a topological order."""
+    signatures: dict[str, str] = {}
+    for node_id in order:
+        call = nodes[node_id]
+        schema = call.schema
+        parts: list[Any] = [call.class_type]
+        try:
+            if schema.has_fingerprint:
+                constants = {k: v for k, v in call.inputs.items() if not isinstance(v, Link)}
+                try:
+                    parts.append(_fingerprint_text(schema.cls.fingerprint(constants)))
+                except _Uncacheable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a failing hook means "always re-run", as in ComfyUI
+                    raise _Uncacheable(str(exc)) from exc
+            if schema.not_idempotent:
+                parts.append(["node", node_id])
+            for name in sorted(call.inputs):
+                value = call.inputs[name]
+                parts.append([name, ["@link", signatures[value.node_id], value.slot]] if isinstance(value, Link)
+                             else [name, value])
+            text = json.dumps(parts, sort_keys=True, default=_reject)
+        except _Uncacheable:
+            text = f"uncacheable:{uuid.uuid4().hex}"
+        signatures[node_id] = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return signatures

@@ -1,0 +1,56 @@
+"""What a running node can see: its ids, the node layer's services, progress reporting and cancellation."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import EventHub, Progress, ProgressPreview
+
+
+class Interrupted(Exception):
+    """Raised at a cancellation point when the prompt was cancelled."""
+
+
+class CancelToken:
+    """Cooperative cancellation, checked between nodes and at every progress tick."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Interrupted("Prompt was interrupted")
+
+
+@dataclass
+class ExecutionContext:
+    prompt_id: str
+    node_id: str
+    services: Any
+    events: EventHub
+    cancel: CancelToken
+    prompt: dict[str, Any] = field(default_factory=dict)
+    extra_data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def extra_pnginfo(self) -> dict[str, Any] | None:
+        return self.extra_data.get("extra_pnginfo")
+
+    def check_cancelled(self) -> None:
+        self.cancel.raise_if_cancelled()
+
+    def progress(self, value: int, total: int, preview: Any = None) -> None:
+        """Report progress (e.g. one sampler step); raises Interrupted if the prompt was cancelled."""
+        self.cancel.raise_if_cancelled()
+        self.events.emit(Progress(self.prompt_id, node=self.node_id, value=int(value), max=int(total)))
+        if preview is not None:
+            self.events.emit(ProgressPreview(self.prompt_id, node=self.node_id, image=preview))

@@ -1,0 +1,230 @@
+"""Runs a validated prompt: only what the selected outputs need, in dependency order, reusing cached results."""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cache import CacheEntry, ResultCache, compute_signatures
+from .context import CancelToken, ExecutionContext, Interrupted
+from .events import (Event, EventHub, Executed, ExecutionCached, ExecutionError, ExecutionInterrupted, Executing,
+                     ExecutionStart, ExecutionSuccess)
+from .node import NodeOutput
+from .registry import NodeRegistry
+from .validation import Link, NodeCall, ValidatedPrompt, validate_prompt
+
+
+@dataclass
+class ExecutionResult:
+    prompt_id: str
+    status: str  # "success" | "error" | "interrupted"
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # node id -> UI output
+    executed: list[str] = field(default_factory=list)  # node ids that ran (not from cache)
+    cached: list[str] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    messages: list[list[Any]] = field(default_factory=list)  # [[event type, data], …] as ComfyUI's history
+    node_errors: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+class NodeExecutionError(Exception):
+    """A node raised; carries ComfyUI's `execution_error` payload."""
+
+    def __init__(self, event: ExecutionError) -> None:
+        super().__init__(f"{event.node_type} ({event.node_id}): {event.exception_message}")
+        self.event = event
+
+
+def _merge_ui(into: dict[str, Any], ui: dict[str, Any]) -> None:
+    for key, value in ui.items():
+        into.setdefault(key, []).extend(value if isinstance(value, list) else [value])
+
+
+def _describe_inputs(inputs: dict[str, list[Any]]) -> dict[str, list[str]]:
+    return {k: [str(v)[:500] for v in values[:8]] for k, values in inputs.items()}
+
+
+class _Run:
+    """State of one prompt's execution."""
+
+    def __init__(self, executor: Executor, prompt: ValidatedPrompt, prompt_id: str, extra_data: dict[str, Any],
+                 cancel: CancelToken) -> None:
+        self.ex = executor
+        self.prompt = prompt
+        self.prompt_id = prompt_id
+        self.extra_data = extra_data
+        self.cancel = cancel
+        self.api_prompt = prompt.api_prompt()
+        self.signatures = compute_signatures(prompt.nodes, list(prompt.nodes))
+        self.values: dict[str, list[list[Any]]] = {}
+        self.result = ExecutionResult(prompt_id, "success", node_errors=prompt.node_errors)
+
+    def emit(self, event: Event, record: bool = False) -> None:
+        if record:
+            self.result.messages.append([event.type, event.data()])
+        self.ex.events.emit(event)
+
+    def run(self) -> ExecutionResult:
+        cache = self.ex.cache
+        self.emit(ExecutionStart(self.prompt_id), record=True)
+        cached = [nid for nid in self.prompt.nodes if self.signatures[nid] in cache]
+        cache.touch(self.signatures[nid] for nid in cached)
+        self.result.cached = cached
+        self.emit(ExecutionCached(self.prompt_id, nodes=cached), record=True)
+        current: str | None = None
+        try:
+            for output_id in self.prompt.outputs:
+                self.ensure(output_id)
+            self.emit(ExecutionSuccess(self.prompt_id), record=True)
+        except Interrupted:
+            current = self._current
+            self.result.status = "interrupted"
+            call = self.prompt.nodes.get(current) if current else None
+            self.emit(ExecutionInterrupted(self.prompt_id, node_id=current, node_type=call.class_type if call else None,
+                                           executed=list(self.result.executed)), record=True)
+        except NodeExecutionError as exc:
+            self.result.status = "error"
+            self.result.error = exc.event.data()
+            self.emit(exc.event, record=True)
+        if self.ex.emit_done:
+            self.emit(Executing(self.prompt_id, node=None))
+        return self.result
+
+    _current: str | None = None
+
+    def ensure(self, target: str) -> None:
+        """Make `target`'s outputs available, running missing ancestors first (explicit stack, no recursion)."""
+        stack = [target]
+        requested_lazy: dict[str, set[str]] = {}
+        while stack:
+            node_id = stack[-1]
+            if node_id in self.values:
+                stack.pop()
+                continue
+            call = self.prompt.nodes[node_id]
+            entry = self.ex.cache.get(self.signatures[node_id])
+            if entry is not None:
+                self.values[node_id] = entry.outputs
+                if entry.ui is not None and call.schema.output_node:
+                    self.result.outputs[node_id] = entry.ui
+                    self.emit(Executed(self.prompt_id, node=node_id, output=entry.ui))
+                stack.pop()
+                continue
+            lazy = call.schema.lazy_inputs
+            wanted = requested_lazy.setdefault(node_id, set())
+            missing = [link.node_id for name, link in call.links().items()
+                       if (name not in lazy or name in wanted) and link.node_id not in self.values]
+            if missing:
+                stack.extend(dict.fromkeys(missing))
+                continue
+            if lazy:
+                more = set(self._check_lazy(call, wanted)) - wanted
+                if more:
+                    wanted |= more
+                    continue
+            self._execute(call, wanted)
+            stack.pop()
+
+    def _gather(self, call: NodeCall, evaluated_lazy: set[str]) -> dict[str, list[Any]]:
+        inputs: dict[str, list[Any]] = {}
+        for name, value in call.inputs.items():
+            if isinstance(value, Link):
+                if name in call.schema.lazy_inputs and name not in evaluated_lazy:
+                    inputs[name] = [None]
+                else:
+                    inputs[name] = self.values[value.node_id][value.slot]
+            else:
+                inputs[name] = [value]
+        return inputs
+
+    def _context(self, node_id: str) -> ExecutionContext:
+        return ExecutionContext(self.prompt_id, node_id, self.ex.registry.services, self.ex.events, self.cancel,
+                                self.api_prompt, self.extra_data)
+
+    def _check_lazy(self, call: NodeCall, evaluated: set[str]) -> list[str]:
+        inputs = self._gather(call, evaluated)
+        instance = call.schema.cls.model_construct(**{k: v[0] for k, v in inputs.items()})
+        try:
+            names = instance.check_lazy_status(self._context(call.node_id))
+        except Exception as exc:  # noqa: BLE001
+            raise self._failure(call, exc, inputs) from exc
+        return [n for n in names if n in call.schema.lazy_inputs and isinstance(call.inputs.get(n), Link)]
+
+    def _execute(self, call: NodeCall, evaluated_lazy: set[str]) -> None:
+        node_id, schema = call.node_id, call.schema
+        self._current = node_id
+        self.cancel.raise_if_cancelled()
+        self.emit(Executing(self.prompt_id, node=node_id))
+        inputs = self._gather(call, evaluated_lazy)
+        ctx = self._context(node_id)
+        outputs: list[list[Any]] = [[] for _ in schema.outputs]
+        ui: dict[str, Any] = {}
+        try:
+            for kwargs in self._calls(schema.input_is_list, inputs):
+                returned = schema.cls.model_construct(**kwargs).execute(ctx)
+                values, call_ui = (returned.values, returned.ui) if isinstance(returned, NodeOutput) else (returned, None)
+                if not isinstance(values, tuple) or len(values) != len(schema.outputs):
+                    raise TypeError(f"{schema.name}.execute must return a tuple of {len(schema.outputs)} values, "
+                                    f"got {type(values).__name__}")
+                for slot, (out, value) in enumerate(zip(schema.outputs, values)):
+                    outputs[slot].extend(value) if out.is_list else outputs[slot].append(value)
+                if call_ui:
+                    _merge_ui(ui, call_ui)
+        except Interrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any node failure becomes a structured execution error
+            raise self._failure(call, exc, inputs) from exc
+        self.values[node_id] = outputs
+        self.result.executed.append(node_id)
+        self.ex.cache.put(self.signatures[node_id], CacheEntry(outputs, ui or None),
+                          protected=self.signatures.values())
+        if ui:
+            if schema.output_node:
+                self.result.outputs[node_id] = ui
+            self.emit(Executed(self.prompt_id, node=node_id, output=ui))
+
+    @staticmethod
+    def _calls(input_is_list: bool, inputs: dict[str, list[Any]]):
+        if input_is_list:
+            yield dict(inputs)
+            return
+        lengths = [len(v) for v in inputs.values()]
+        if any(n == 0 for n in lengths):
+            return
+        for i in range(max(lengths, default=1)):
+            yield {k: v[min(i, len(v) - 1)] for k, v in inputs.items()}
+
+    def _failure(self, call: NodeCall, exc: Exception, inputs: dict[str, list[Any]]) -> NodeExecutionError:
+        exc_type = type(exc)
+        type_name = exc_type.__qualname__ if exc_type.__module__ == "builtins" else \
+            f"{exc_type.__module__}.{exc_type.__qualname__}"
+        return NodeExecutionError(ExecutionError(
+            self.prompt_id, node_id=call.node_id, node_type=call.class_type, executed=list(self.result.executed),
+            exception_message=str(exc) or exc_type.__name__, exception_type=type_name,
+            traceback=traceback.format_exception(exc), current_inputs=_describe_inputs(inputs),
+            current_outputs=list(self.values)))
+
+
+class Executor:
+    """Executes prompts against a registry, sharing one result cache and one event hub across prompts."""
+
+    def __init__(self, registry: NodeRegistry, cache: ResultCache | None = None, events: EventHub | None = None,
+                 *, emit_done: bool = True) -> None:
+        self.registry = registry
+        self.cache = cache if cache is not None else ResultCache()
+        self.events = events if events is not None else EventHub()
+        self.emit_done = emit_done
+
+    def execute(self, prompt: ValidatedPrompt | dict[str, Any], *, prompt_id: str | None = None,
+                extra_data: dict[str, Any] | None = None, cancel: CancelToken | None = None,
+                partial_execution_targets: list[str] | None = None) -> ExecutionResult:
+        """Run a prompt (validated here if given as a dict; raises PromptValidationError if invalid)."""
+        if not isinstance(prompt, ValidatedPrompt):
+            prompt = validate_prompt(prompt, self.registry, partial_execution_targets)
+        run = _Run(self, prompt, prompt_id or str(uuid.uuid4()), extra_data or {}, cancel or CancelToken())
+        return run.run()
