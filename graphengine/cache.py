@@ -118,7 +118,7 @@ def _fingerprint_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=repr)
 
 
-def compute_signatures(nodes: dict[str, NodeCall], order: list[str]) -> dict[str, str]:
+def compute_signatures(nodes: dict[str, NodeCall], order: list[str], services: Any = None) -> dict[str, str]:
     """Input signature of every node: class, constants, fingerprint and the ancestors' signatures — never node ids
     (except for NOT_IDEMPOTENT nodes), so identical sub-graphs share results. `order` is a topological order."""
     signatures: dict[str, str] = {}
@@ -130,7 +130,7 @@ def compute_signatures(nodes: dict[str, NodeCall], order: list[str]) -> dict[str
             if schema.has_fingerprint:
                 constants = {k: v for k, v in call.inputs.items() if not isinstance(v, Link)}
                 try:
-                    parts.append(_fingerprint_text(schema.cls.fingerprint(constants)))
+                    parts.append(_fingerprint_text(schema.cls.fingerprint(constants, services)))
                 except _Uncacheable:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a failing hook means "always re-run", as in ComfyUI

@@ -60,7 +60,7 @@ class _Run:
         self.extra_data = extra_data
         self.cancel = cancel
         self.api_prompt = prompt.api_prompt()
-        self.signatures = compute_signatures(prompt.nodes, list(prompt.nodes))
+        self.signatures = compute_signatures(prompt.nodes, list(prompt.nodes), executor.registry.services)
         self.values: dict[str, list[list[Any]]] = {}
         self.result = ExecutionResult(prompt_id, "success", node_errors=prompt.node_errors)
 

@@ -43,14 +43,14 @@ class Node(BaseModel):
     CUSTOM_VALIDATED: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
-    def fingerprint(cls, inputs: dict[str, Any]) -> Any:
+    def fingerprint(cls, inputs: dict[str, Any], services: Any = None) -> Any:
         """Extra cache-key material computed from constant inputs before execution (ComfyUI's IS_CHANGED).
 
-        Return NaN to force a re-run every time."""
+        Return NaN to force a re-run every time. `services` is the node pack's services object."""
         return None
 
     @classmethod
-    def validate_inputs(cls, inputs: dict[str, Any]) -> bool | str:
+    def validate_inputs(cls, inputs: dict[str, Any], services: Any = None) -> bool | str:
         """Custom validation of constant inputs; return True or an error message."""
         return True
 

@@ -165,7 +165,17 @@ class ComboInput(InputSpec):
 
 @dataclass(frozen=True)
 class SocketInput(InputSpec):
-    """A typed link from another node's output (MODEL, LATENT, IMAGE, a custom type, or `*`)."""
+    """A typed link from another node's output (MODEL, LATENT, IMAGE, a custom type, or `*`).
+
+    A socket of a widget type (e.g. `Socket("INT")`) is ComfyUI's `forceInput`: linked in the editor, though API
+    prompts may still give it a constant."""
+
+    @property
+    def is_widget(self) -> bool:
+        return False
+
+    def _own_options(self) -> dict[str, Any]:
+        return {"forceInput": True} if self.type in WIDGET_TYPES and not self.force_input else {}
 
 
 def Int(min: int | None = None, max: int | None = None, step: int = 1, *,

@@ -310,7 +310,7 @@ class _Validator:
         if not errors and schema.has_validation:
             constants = {k: v for k, v in checked.items() if not isinstance(v, Link)}
             try:
-                verdict = schema.cls.validate_inputs(constants)
+                verdict = schema.cls.validate_inputs(constants, self.services)
             except Exception as exc:  # noqa: BLE001 - a node's hook must not take validation down
                 errors.append(error_dict("exception_during_validation", f"{type(exc).__name__}: {exc}", "",
                                          exception_type=type(exc).__name__, traceback=traceback.format_exc()))

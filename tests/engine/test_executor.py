@@ -166,7 +166,7 @@ def test_fingerprint_nan_always_reruns_and_value_fingerprint_tracks_changes(regi
         name: Annotated[int, Int()] = 0
 
         @classmethod
-        def fingerprint(cls, inputs):
+        def fingerprint(cls, inputs, services=None):
             return float("nan") if inputs["name"] < 0 else state["version"]
 
         def execute(self, ctx):

@@ -179,7 +179,7 @@ def test_custom_validation_hook(registry):
         name: Annotated[str, Combo(["a.png"])] = "a.png"
 
         @classmethod
-        def validate_inputs(cls, inputs):
+        def validate_inputs(cls, inputs, services=None):
             return True if inputs["name"].endswith(".png") else f"Invalid image file: {inputs['name']}"
 
         def execute(self, ctx):

@@ -1,0 +1,27 @@
+"""The Stable Diffusion node pack: registers every node class and the shared services with a registry."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from graphengine import NodeRegistry, RuntimeConfig
+
+from .services import Services
+
+NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth")
+
+
+def node_classes() -> list[type]:
+    classes: list[type] = []
+    for name in NODE_MODULES:
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            continue  # a domain not written yet
+        classes.extend(importlib.import_module(f"{__name__}.{name}").NODE_CLASSES)
+    return classes
+
+
+def register(registry: NodeRegistry, config: RuntimeConfig) -> None:
+    """Entry point of the `graphengine.nodes` group."""
+    registry.services = Services(config=config, preview_method=config.options.get("preview_method", "none"))
+    registry.register_all(node_classes(), python_module="nodes")
