@@ -1,0 +1,59 @@
+"""`python server.py …` / `graphengine serve …`: parse options, build the app, serve until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import create_app
+from .config import PREVIEW_METHODS, ServerConfig
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graphengine serve", description="ComfyUI-compatible graphengine server")
+    p.add_argument("--listen", nargs="?", const="0.0.0.0", default="127.0.0.1",
+                   help="address(es) to bind, comma separated (bare --listen: 0.0.0.0; needs --auth-token)")
+    p.add_argument("--port", type=int, default=8188)
+    p.add_argument("--base-dir", type=Path, default=Path.cwd())
+    p.add_argument("--output-dir", type=Path)
+    p.add_argument("--input-dir", type=Path)
+    p.add_argument("--temp-dir", type=Path)
+    p.add_argument("--user-dir", type=Path)
+    p.add_argument("--models-dir", type=Path)
+    p.add_argument("--database", help="SQLite file of the queue and history (default <user-dir>/queue.sqlite3)")
+    p.add_argument("--auth-token", help="require this token (Authorization: Bearer … or ?token=…)")
+    p.add_argument("--preview-method", choices=PREVIEW_METHODS, default="none")
+    p.add_argument("--max-upload-size", type=float, default=100.0, help="in MB")
+    p.add_argument("--max-history", type=int, default=10000)
+    p.add_argument("--allowed-host", action="append", default=[], help="extra Host name to accept (repeatable)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(base_dir=args.base_dir, output_dir=args.output_dir, input_dir=args.input_dir,
+                        temp_dir=args.temp_dir, user_dir=args.user_dir, models_dir=args.models_dir,
+                        listen=args.listen, port=args.port, auth_token=args.auth_token,
+                        preview_method=args.preview_method, max_upload_size_mb=args.max_upload_size,
+                        database=args.database, max_history=args.max_history,
+                        allowed_hosts=tuple(args.allowed_host))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    if not config.loopback_only and not config.auth_token:
+        print(f"refusing to listen on {config.listen} without --auth-token", file=sys.stderr)
+        return 2
+    app = create_app(config)
+    hosts = config.listen_hosts
+    print(f"graphengine server on {', '.join(hosts)} port {config.port}", flush=True)
+    web.run_app(app, host=hosts if len(hosts) > 1 else hosts[0], port=config.port, print=None,
+                handle_signals=True)
+    return 0

@@ -1,0 +1,72 @@
+"""Settings of one server instance (an object passed to `create_app`, never module state)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..runtime import RuntimeConfig
+
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host.lower() in LOOPBACK_NAMES or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ServerConfig:
+    base_dir: Path = field(default_factory=Path.cwd)
+    output_dir: Path | None = None
+    input_dir: Path | None = None
+    temp_dir: Path | None = None
+    user_dir: Path | None = None
+    models_dir: Path | None = None
+    listen: str = "127.0.0.1"
+    port: int = 8188
+    auth_token: str | None = None
+    preview_method: str = "none"
+    max_upload_size_mb: float = 100.0
+    database: Path | str | None = None  # default: <user_dir>/queue.sqlite3; ":memory:" keeps nothing
+    max_history: int = 10000
+    allowed_hosts: tuple[str, ...] = ()  # extra Host names accepted besides loopback (e.g. behind a proxy)
+    ws_queue_limit: int = 512  # messages buffered per websocket before previews, then the client, are dropped
+    ws_send_timeout: float = 20.0
+    preview_size: int = 512
+    options: dict = field(default_factory=dict)  # passed to RuntimeConfig.options
+
+    def __post_init__(self) -> None:
+        self.base_dir = Path(self.base_dir)
+        runtime = self.runtime_config()
+        self.output_dir, self.input_dir, self.temp_dir = runtime.output_dir, runtime.input_dir, runtime.temp_dir
+        self.user_dir, self.models_dir = runtime.user_dir, runtime.models_dir
+        if self.preview_method not in PREVIEW_METHODS:
+            raise ValueError(f"preview_method must be one of {PREVIEW_METHODS}, got {self.preview_method!r}")
+        if self.database is None:
+            self.database = Path(self.user_dir) / "queue.sqlite3"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_size_mb * 1024 * 1024)
+
+    @property
+    def listen_hosts(self) -> list[str]:
+        return [h.strip() for h in self.listen.split(",") if h.strip()]
+
+    @property
+    def loopback_only(self) -> bool:
+        return all(is_loopback(h) for h in self.listen_hosts)
+
+    def runtime_config(self) -> RuntimeConfig:
+        options = {"preview_method": self.preview_method, **self.options}
+        return RuntimeConfig(base_dir=self.base_dir, output_dir=self.output_dir, input_dir=self.input_dir,
+                             temp_dir=self.temp_dir, user_dir=self.user_dir, models_dir=self.models_dir,
+                             options=options)

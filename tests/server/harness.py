@@ -1,0 +1,105 @@
+"""Helpers shared by the server tests: a served app on 127.0.0.1, prompt builders, websocket collectors."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient, TestServer
+
+from graphengine.server import ServerConfig, create_app
+from graphengine.server.state import STATE, ServerState
+
+from .nodepack import make_registry
+
+GUARD_SECONDS = 60  # a hang fails the test instead of blocking the run; never an assertion on speed
+
+
+def async_test(function):
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(function(*args, **kwargs), GUARD_SECONDS))
+
+    return wrapper
+
+
+def chain(value: int = 1, steps: int = 2, delay: float = 0.0, tag: str = "", preview_size: int = 0,
+          fail: bool = False, save: bool = False) -> dict[str, Any]:
+    """Number → Slow (→ Fail) → Show or SaveNumber."""
+    prompt: dict[str, Any] = {
+        "1": {"class_type": "Number", "inputs": {"value": value}, "_meta": {"title": "Number"}},
+        "2": {"class_type": "Slow", "inputs": {"value": ["1", 0], "steps": steps, "delay": delay, "tag": tag,
+                                               "preview_size": preview_size}},
+    }
+    last = "2"
+    if fail:
+        prompt["4"] = {"class_type": "Fail", "inputs": {"value": ["2", 0], "message": "boom"}}
+        last = "4"
+    prompt["3"] = ({"class_type": "SaveNumber", "inputs": {"value": [last, 0], "prefix": tag or "n"}} if save
+                   else {"class_type": "Show", "inputs": {"value": [last, 0]}})
+    return prompt
+
+
+@dataclass
+class Served:
+    client: TestClient
+    state: ServerState
+    root: Path
+
+    async def post_prompt(self, prompt: dict[str, Any], **body: Any) -> dict[str, Any]:
+        response = await self.client.post("/prompt", json={"prompt": prompt, **body})
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+    async def ws(self, client_id: str | None = None, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
+        path = "/ws" + (f"?clientId={client_id}" if client_id else "")
+        return await self.client.ws_connect(path, **kwargs)
+
+    async def wait_history(self, prompt_id: str) -> dict[str, Any]:
+        while True:
+            response = await self.client.get(f"/history/{prompt_id}")
+            body = await response.json()
+            if prompt_id in body:
+                return body[prompt_id]
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def serve(root: Path, registry=None, **overrides: Any):
+    config = ServerConfig(base_dir=root, database=overrides.pop("database", root / "queue.sqlite3"), **overrides)
+    registry = registry or make_registry(Path(config.output_dir))
+    app = create_app(config, registry)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield Served(client, app[STATE], root)
+    finally:
+        await client.close()
+
+
+async def receive_until_done(ws: aiohttp.ClientWebSocketResponse, prompt_id: str) -> list[tuple[str, Any]]:
+    """Every frame up to and including `executing {node: null}` for `prompt_id` (binary frames as ("binary", b))."""
+    frames: list[tuple[str, Any]] = []
+    while True:
+        msg = await ws.receive()
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            frames.append(("binary", msg.data))
+            continue
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        message = json.loads(msg.data)
+        frames.append((message["type"], message["data"]))
+        data = message["data"]
+        if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+            return frames
+
+
+async def receive_json(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await ws.receive()
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return json.loads(msg.data)

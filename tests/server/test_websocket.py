@@ -1,0 +1,232 @@
+"""Websocket protocol: event sequence and routing, errors, interrupts, late joiners, previews, flags."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+
+import aiohttp
+
+from .harness import async_test, chain, receive_json, receive_until_done, serve
+
+
+def types(frames):
+    return [kind for kind, _ in frames]
+
+
+@async_test
+async def test_event_sequence_goes_to_the_posting_client_only(tmp_path):
+    async with serve(tmp_path) as srv:
+        mine = await srv.ws("me")
+        other = await srv.ws()
+        hello = await receive_json(mine)
+        assert hello["type"] == "status" and hello["data"]["sid"] == "me"
+        assert hello["data"]["status"] == {"exec_info": {"queue_remaining": 0}}
+        other_sid = (await receive_json(other))["data"]["sid"]
+        assert other_sid and other_sid != "me"
+        reply = await srv.post_prompt(chain(value=2, steps=2, tag="seq"), client_id="me")
+        frames = await receive_until_done(mine, reply["prompt_id"])
+        execution = [(k, d) for k, d in frames if k != "status"]
+        assert types(execution) == ["execution_start", "execution_cached", "executing", "executing", "progress",
+                                    "progress", "executing", "executed", "execution_success", "executing"]
+        assert [d["node"] for k, d in execution if k == "executing"] == ["1", "2", "3", None]
+        assert all(d["prompt_id"] == reply["prompt_id"] for _, d in execution)
+        executed = next(d for k, d in execution if k == "executed")
+        assert executed["node"] == "3" and executed["output"] == {"text": ["4"]}
+        # the history entry exists by the time executing{node: null} arrives, and the queue no longer counts it
+        assert reply["prompt_id"] in await (await srv.client.get(f"/history/{reply['prompt_id']}")).json()
+        statuses = [d["status"]["exec_info"]["queue_remaining"] for k, d in frames if k == "status"]
+        assert statuses[-1] == 0
+        # the other socket only ever saw broadcast status messages
+        await other.send_str("ignored")
+        seen = []
+        while True:
+            try:
+                msg = await other.receive(timeout=0.3)
+            except asyncio.TimeoutError:
+                break
+            seen.append(json.loads(msg.data)["type"])
+        assert set(seen) <= {"status"} and seen
+        # re-running the same prompt is fully cached
+        again = await srv.post_prompt(chain(value=2, steps=2, tag="seq"), client_id="me")
+        frames = await receive_until_done(mine, again["prompt_id"])
+        cached = next(d for k, d in frames if k == "execution_cached")
+        assert sorted(cached["nodes"]) == ["1", "2", "3"]
+        assert "progress" not in types(frames) and "executed" in types(frames)
+        await mine.close()
+        await other.close()
+
+
+@async_test
+async def test_node_error_reports_and_next_prompt_runs(tmp_path):
+    async with serve(tmp_path) as srv:
+        ws = await srv.ws("err")
+        await receive_json(ws)
+        failing = await srv.post_prompt(chain(tag="f", fail=True), client_id="err")
+        good = await srv.post_prompt(chain(tag="g"), client_id="err")
+        frames = await receive_until_done(ws, failing["prompt_id"])
+        error = next(d for k, d in frames if k == "execution_error")
+        assert error["node_id"] == "4" and error["node_type"] == "Fail"
+        assert error["exception_message"] == "boom" and error["exception_type"] == "ValueError"
+        assert error["executed"] == ["1", "2"] and isinstance(error["traceback"], list)
+        assert "execution_success" not in types(frames)
+        frames = await receive_until_done(ws, good["prompt_id"])
+        assert "execution_success" in types(frames)
+        entry = await srv.wait_history(failing["prompt_id"])
+        assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
+        assert entry["status"]["messages"][-1][0] == "execution_error"
+        await ws.close()
+
+
+@async_test
+async def test_interrupt_stops_within_one_step_and_targets_only_its_prompt(tmp_path):
+    async with serve(tmp_path) as srv:
+        ws = await srv.ws("int")
+        await receive_json(ws)
+        reply = await srv.post_prompt(chain(steps=10000, delay=0.01, tag="long"), client_id="int")
+        while True:
+            message = await receive_json(ws)
+            if message["type"] == "progress":
+                break
+        services = srv.state.registry.services
+        assert (await srv.client.post("/interrupt", json={"prompt_id": "someone-else"})).status == 200
+        await receive_json(ws)  # still progressing after a targeted interrupt of another prompt
+        started_before = services.steps_of("long")
+        assert (await srv.client.post("/api/interrupt", json={"prompt_id": reply["prompt_id"]})).status == 200
+        frames = await receive_until_done(ws, reply["prompt_id"])
+        assert services.steps_of("long") <= started_before + 1
+        interrupted = next(d for k, d in frames if k == "execution_interrupted")
+        assert interrupted["node_id"] == "2" and interrupted["node_type"] == "Slow"
+        entry = await srv.wait_history(reply["prompt_id"])
+        assert entry["status"]["status_str"] == "error"
+        job = await (await srv.client.get(f"/api/jobs/{reply['prompt_id']}")).json()
+        assert job["status"] == "cancelled"
+        await ws.close()
+
+
+@async_test
+async def test_late_joiner_gets_the_rest_of_its_prompt(tmp_path):
+    async with serve(tmp_path) as srv:
+        running = await srv.post_prompt(chain(steps=30, delay=0.01, tag="late-run"), client_id="late")
+        finished = await srv.post_prompt(chain(tag="late-done"), client_id="gone")
+        await srv.wait_history(finished["prompt_id"])
+        ws = await srv.ws("late")
+        assert (await receive_json(ws))["data"]["sid"] == "late"
+        frames = await receive_until_done(ws, running["prompt_id"])
+        assert "execution_success" in types(frames)
+        # a client that connects after its prompt finished still learns it finished
+        ws2 = await srv.ws("gone")
+        frames = await receive_until_done(ws2, finished["prompt_id"])
+        assert types(frames)[0] == "status" and "execution_success" in types(frames)
+        await ws.close()
+        await ws2.close()
+
+
+@async_test
+async def test_feature_flags_and_preview_frames(tmp_path):
+    async with serve(tmp_path) as srv:
+        plain = await srv.ws("plain")
+        meta = await srv.ws("meta")
+        await receive_json(plain)
+        await receive_json(meta)
+        await meta.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+        flags = await receive_json(meta)
+        assert flags["type"] == "feature_flags" and flags["data"]["supports_preview_metadata"] is True
+        assert flags["data"] == await (await srv.client.get("/api/features")).json()
+        # previews are off by default
+        reply = await srv.post_prompt(chain(steps=2, preview_size=32, tag="nopreview"), client_id="plain")
+        assert "binary" not in types(await receive_until_done(plain, reply["prompt_id"]))
+        # requested per prompt: type 1 for a client without metadata support …
+        reply = await srv.post_prompt(chain(steps=2, preview_size=32, tag="p1"), client_id="plain",
+                                      extra_data={"preview_method": "auto"})
+        frames = await receive_until_done(plain, reply["prompt_id"])
+        binaries = [d for k, d in frames if k == "binary"]
+        assert len(binaries) == 2
+        assert struct.unpack(">II", binaries[0][:8]) == (1, 1) and binaries[0][8:10] == b"\xff\xd8"
+        first_binary = types(frames).index("binary")
+        assert "progress" in types(frames)[:first_binary]
+        # … and type 4 with metadata for one that negotiated it
+        reply = await srv.post_prompt(chain(steps=1, preview_size=32, tag="p4"), client_id="meta",
+                                      extra_data={"preview_method": "latent2rgb"})
+        frames = await receive_until_done(meta, reply["prompt_id"])
+        frame = next(d for k, d in frames if k == "binary")
+        kind, size = struct.unpack(">II", frame[:8])
+        info = json.loads(frame[8:8 + size])
+        assert kind == 4 and info["node_id"] == "2" and info["prompt_id"] == reply["prompt_id"]
+        assert info["image_type"] == "image/jpeg" and frame[8 + size:8 + size + 2] == b"\xff\xd8"
+        await plain.close()
+        await meta.close()
+
+
+@async_test
+async def test_prompt_without_client_id_broadcasts_only_progress_and_the_end(tmp_path):
+    async with serve(tmp_path) as srv:
+        ws = await srv.ws()
+        await receive_json(ws)
+        reply = await srv.post_prompt(chain(steps=2, tag="anon"))
+        frames = await receive_until_done(ws, reply["prompt_id"])
+        assert set(types(frames)) == {"status", "progress", "executing"}
+        assert [d["node"] for k, d in frames if k == "executing"] == [None]
+        await ws.close()
+
+
+async def _stuck_client(port: int, client_id: str):
+    """A websocket client that completes the handshake and then never reads, with a tiny receive buffer."""
+    import base64
+    import os
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    await loop.sock_sendall(sock, request.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    assert b" 101 " in head.split(b"\r\n")[0]
+    return sock
+
+
+@async_test
+async def test_a_stuck_client_does_not_stall_a_reading_one(tmp_path):
+    async with serve(tmp_path, ws_queue_limit=16, ws_send_timeout=60) as srv:
+        port = srv.client.server.port
+        stuck = await _stuck_client(port, "stuck")
+        reader = await srv.ws("reader")
+        await receive_json(reader)
+        flood = await srv.post_prompt(chain(steps=60, preview_size=384, tag="flood"), client_id="stuck",
+                                      extra_data={"preview_method": "auto"})
+        mine = await srv.post_prompt(chain(steps=40, preview_size=64, tag="mine"), client_id="reader",
+                                     extra_data={"preview_method": "auto"})
+        frames = await receive_until_done(reader, mine["prompt_id"])
+        assert types(frames).count("progress") == 40 and "execution_success" in types(frames)
+        assert (await srv.wait_history(flood["prompt_id"]))["status"]["status_str"] == "success"
+        hub = srv.state.hub
+        client = hub.clients.get("stuck")
+        if client is not None:  # still connected: its backlog stayed bounded, previews went first
+            assert len(client.pending) <= hub.queue_limit and client.dropped_previews > 0
+        else:
+            assert hub.disconnected_slow_clients >= 1
+        stuck.close()
+        await reader.close()
+
+
+@async_test
+async def test_reconnect_replaces_socket_and_unknown_frames_are_ignored(tmp_path):
+    async with serve(tmp_path) as srv:
+        first = await srv.ws("same")
+        await receive_json(first)
+        await first.send_str("{not json")
+        second = await srv.ws("same")
+        await receive_json(second)
+        reply = await srv.post_prompt(chain(tag="re"), client_id="same")
+        assert "execution_success" in types(await receive_until_done(second, reply["prompt_id"]))
+        msg = await first.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+        await second.close()
