@@ -32,9 +32,25 @@ class Services:
     @cached_property
     def folders(self) -> Any:
         from .models.folders import ModelFolders
-        return ModelFolders.from_config(self.config)
+        return ModelFolders(self.config.models_dir, extra_config_files=self.config.extra_model_paths)
 
     @cached_property
     def manager(self) -> Any:
         from .models.manager import ModelManager
         return ModelManager(**self.config.options.get("model_manager", {}))
+
+    def unload_models(self) -> None:
+        """The server's `/free {unload_models: true}`."""
+        if "manager" in self.__dict__:
+            self.manager.free()
+
+    def device_stats(self) -> list[dict[str, Any]]:
+        """Devices for `/system_stats`, in ComfyUI's shape."""
+        import torch
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            return [{"name": torch.cuda.get_device_name(), "type": "cuda", "index": torch.cuda.current_device(),
+                     "vram_total": total, "vram_free": free, "torch_vram_total": torch.cuda.memory_reserved(),
+                     "torch_vram_free": torch.cuda.memory_reserved() - torch.cuda.memory_allocated()}]
+        return [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 0, "vram_free": 0,
+                 "torch_vram_total": 0, "torch_vram_free": 0}]

@@ -1,0 +1,126 @@
+"""The CLIP socket value: one or two transformers text encoders plus tokenizers, encoding prompts as ComfyUI does.
+
+Families (encoder order for `text_encoders` / `tokenizers` given as sequences):
+- "sd15":  [CLIP-L]; last layer; pooled = un-projected end-token state.
+- "sd2":   [OpenCLIP-H]; penultimate layer + final layer norm; pad id 0.
+- "sdxl":  [CLIP-L, OpenCLIP-G (with projection)]; both penultimate without final norm, concatenated on the
+           feature axis (768 + 1280 = 2048 for real models); pooled = G's projected end-token state.
+- "sdxl_refiner": [OpenCLIP-G (with projection)]; as G in "sdxl".
+- "custom": one CLIP-L-style encoder of any size, treated like "sd15".
+`text_encoders`/`tokenizers` may also be mappings keyed by role name ("l", "g", "h"); a single tokenizer object is
+shared by every encoder. Pad ids come from the role (end token or 0), not from the tokenizer files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+
+from .embeddings import load_embedding
+from .encoder import EncoderRole, encode_windows, hidden_size
+from .prompt_parser import PromptChunk, WeightedText, parse_prompt, parse_weights
+from .tokenize import TokenizerSpec, Window, tokenize_prompt
+
+_CLIP_L = EncoderRole("l", "clip_l", pad_with_end=True, default_layer=None, norm_hidden=True, projected_pooled=False)
+_SDXL_L = EncoderRole("l", "clip_l", pad_with_end=True, default_layer=-2, norm_hidden=False, projected_pooled=False)
+_CLIP_H = EncoderRole("h", "clip_h", pad_with_end=False, default_layer=-2, norm_hidden=True, projected_pooled=True)
+_CLIP_G = EncoderRole("g", "clip_g", pad_with_end=False, default_layer=-2, norm_hidden=False, projected_pooled=True)
+
+FAMILY_ROLES: dict[str, tuple[EncoderRole, ...]] = {
+    "sd15": (_CLIP_L,),
+    "custom": (_CLIP_L,),
+    "sd2": (_CLIP_H,),
+    "sdxl": (_SDXL_L, _CLIP_G),
+    "sdxl_refiner": (_CLIP_G,),
+}
+# Which role's pooled output the family returns.
+POOLED_ROLE = {"sd15": "l", "custom": "l", "sd2": "h", "sdxl": "g", "sdxl_refiner": "g"}
+
+_KEEP = object()
+
+Tokens = dict[str, list[Window]]
+
+
+def _by_role(values: Any, roles: tuple[EncoderRole, ...], what: str) -> dict[str, Any]:
+    names = [r.name for r in roles]
+    if isinstance(values, Mapping):
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ValueError(f"{what}: missing entries for {missing}")
+        return {n: values[n] for n in names}
+    if isinstance(values, Sequence) and not isinstance(values, (str, bytes)):
+        if len(values) != len(names):
+            raise ValueError(f"{what}: expected {len(names)} (for {names}), got {len(values)}")
+        return dict(zip(names, values))
+    return {n: values for n in names}  # one object shared by all roles (a tokenizer)
+
+
+def _tokenizer_spec(tokenizer, role: EncoderRole) -> TokenizerSpec:
+    start, end = int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)
+    return TokenizerSpec(start_id=start, end_id=end, pad_id=end if role.pad_with_end else 0)
+
+
+class ClipModel:
+    """What flows through CLIP sockets. Cheap to clone; clones share the encoder modules."""
+
+    def __init__(self, text_encoders, tokenizers, family: str, embedding_dirs: Sequence[str | os.PathLike] = (),
+                 manager: Any = None, layer_idx: int | None = None) -> None:
+        if family not in FAMILY_ROLES:
+            raise ValueError(f"unknown CLIP family {family!r}; expected one of {sorted(FAMILY_ROLES)}")
+        self.family = family
+        self.roles = FAMILY_ROLES[family]
+        self.text_encoders: dict[str, torch.nn.Module] = _by_role(text_encoders, self.roles, "text_encoders")
+        self.tokenizers: dict[str, Any] = _by_role(tokenizers, self.roles, "tokenizers")
+        self.embedding_dirs = tuple(embedding_dirs)
+        self.manager = manager
+        self.layer_idx = layer_idx  # CLIPSetLastLayer override; None = each encoder's family default
+        self.specs = {r.name: _tokenizer_spec(self.tokenizers[r.name], r) for r in self.roles}
+
+    def clone(self, layer_idx: Any = _KEEP, text_encoders: Any = None) -> ClipModel:
+        """A copy sharing the modules; `layer_idx` sets the clip-skip layer (-1 last, -2 penultimate, …) and
+        `text_encoders` (same shapes as the constructor's) swaps in other modules, e.g. LoRA-patched copies."""
+        return ClipModel(self.text_encoders if text_encoders is None else text_encoders, self.tokenizers,
+                         self.family, self.embedding_dirs, self.manager,
+                         self.layer_idx if layer_idx is _KEEP else layer_idx)
+
+    def layer_for(self, role: EncoderRole) -> int | None:
+        return role.default_layer if self.layer_idx is None else self.layer_idx
+
+    def _finder(self, role: EncoderRole):
+        size = hidden_size(self.text_encoders[role.name])
+        return partial(load_embedding, roots=self.embedding_dirs, key=role.embedding_key, size=size)
+
+    def tokenize(self, text: str) -> Tokens:
+        """Windows of (token id or embedding vector, weight) per encoder role."""
+        return {r.name: tokenize_prompt(text, self.tokenizers[r.name], self.specs[r.name], self._finder(r))
+                for r in self.roles}
+
+    def encode_tokens(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond [1, 77*k, dim], pooled [1, P]) from `tokenize`'s output."""
+        outputs = {}
+        for role in self.roles:
+            outputs[role.name] = encode_windows(self.text_encoders[role.name], tokens[role.name],
+                                                self.specs[role.name], role, self.layer_for(role), self.manager)
+        conds = [outputs[r.name][0] for r in self.roles]
+        length = min(c.shape[1] for c in conds)
+        cond = torch.cat([c[:, :length] for c in conds], dim=-1)
+        return cond, outputs[POOLED_ROLE[self.family]][1]
+
+    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.encode_tokens(self.tokenize(text))
+
+    def encode_conditioning(self, text: str, **extras: Any) -> list:
+        """ComfyUI CONDITIONING: [[cond, {"pooled_output": pooled, **extras}]]."""
+        cond, pooled = self.encode(text)
+        return [[cond, {"pooled_output": pooled, **extras}]]
+
+    def __repr__(self) -> str:
+        return f"ClipModel(family={self.family!r}, layer_idx={self.layer_idx!r})"
+
+
+__all__ = ["ClipModel", "EncoderRole", "FAMILY_ROLES", "PromptChunk", "Tokens", "WeightedText", "parse_prompt",
+           "parse_weights"]
