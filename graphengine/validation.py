@@ -70,7 +70,9 @@ class PromptValidationError(Exception):
         return {"error": self.error, "node_errors": self.node_errors}
 
 
-class _InputError(Exception):
+class InputError(Exception):
+    """One input's validation error (`.error` is ComfyUI's error object)."""
+
     def __init__(self, type_: str, message: str, details: str, **extra: Any) -> None:
         super().__init__(message)
         self.error = error_dict(type_, message, details, **extra)
@@ -89,9 +91,9 @@ def _short(value: Any, limit: int = 200) -> Any:
 
 # -- constant coercion ---------------------------------------------------------------------------------------------
 
-def _conversion_error(name: str, kind: str, value: Any, why: str = "") -> _InputError:
+def _conversion_error(name: str, kind: str, value: Any, why: str = "") -> InputError:
     details = f"{name}, {_short(value)!r}" + (f" ({why})" if why else "")
-    return _InputError("invalid_input_type", f"Failed to convert an input value to a {kind} value", details,
+    return InputError("invalid_input_type", f"Failed to convert an input value to a {kind} value", details,
                        input_name=name, received_value=_short(value), received_type=type(value).__name__)
 
 
@@ -168,7 +170,7 @@ def _check_combo(info: InputInfo, value: Any, services: Any) -> Any:
             raise _conversion_error(info.name, "COMBO", item)
         if item not in options:
             listed = options if len(options) <= _MAX_LISTED_OPTIONS else f"(list of length {len(options)})"
-            raise _InputError("value_not_in_list", "Value not in list",
+            raise InputError("value_not_in_list", "Value not in list",
                               f"{info.name}: '{_short(item)}' not in {listed}", input_name=info.name,
                               input_config=None if len(options) > _MAX_LISTED_OPTIONS else [options],
                               received_value=_short(item))
@@ -182,11 +184,11 @@ def _check_bounds(info: InputInfo, value: Any, services: Any) -> None:
     spec_min = getattr(info.spec, "min", None)
     spec_max = getattr(info.spec, "max", None)
     if spec_min is not None and value < spec_min:
-        raise _InputError("value_smaller_than_min", f"Value {value} smaller than min of {spec_min}",
+        raise InputError("value_smaller_than_min", f"Value {value} smaller than min of {spec_min}",
                           f"{info.name}", input_name=info.name,
                           input_config=info.spec.object_info(info.default, services), received_value=value)
     if spec_max is not None and value > spec_max:
-        raise _InputError("value_bigger_than_max", f"Value {value} bigger than max of {spec_max}",
+        raise InputError("value_bigger_than_max", f"Value {value} bigger than max of {spec_max}",
                           f"{info.name}", input_name=info.name,
                           input_config=info.spec.object_info(info.default, services), received_value=value)
 
@@ -201,7 +203,7 @@ def coerce_constant(info: InputInfo, raw: Any, services: Any, check_values: bool
     if coercer is None:
         if kind == ANY_TYPE:
             return value
-        raise _InputError("invalid_input_type", f"Input '{info.name}' must be linked to a {kind} output",
+        raise InputError("invalid_input_type", f"Input '{info.name}' must be linked to a {kind} output",
                           f"{info.name}: got a constant {type(value).__name__}", input_name=info.name,
                           received_type=type(value).__name__)
     result = coercer(info.name, value)
@@ -214,10 +216,10 @@ def coerce_constant(info: InputInfo, raw: Any, services: Any, check_values: bool
 
 def _parse_link(name: str, value: list[Any], nodes: dict[str, Any]) -> Link:
     if len(value) != 2 or not isinstance(value[0], str) or isinstance(value[1], bool) or not isinstance(value[1], int):
-        raise _InputError("bad_linked_input", "Bad linked input, must be a length-2 list of [string, int]",
+        raise InputError("bad_linked_input", "Bad linked input, must be a length-2 list of [string, int]",
                           f"{name}, {_short(value)}", input_name=name, received_value=_short(value))
     if value[0] not in nodes:
-        raise _InputError("bad_linked_input", "Linked node does not exist",
+        raise InputError("bad_linked_input", "Linked node does not exist",
                           f"{name}: node '{_short(value[0])}' is not in the prompt", input_name=name,
                           linked_node=value)
     return Link(value[0], value[1])
@@ -290,13 +292,13 @@ class _Validator:
                     link = _parse_link(name, raw, self.calls)
                     source = self.calls[link.node_id].schema
                     if not 0 <= link.slot < len(source.outputs):
-                        raise _InputError("bad_linked_input", "Linked output slot does not exist",
+                        raise InputError("bad_linked_input", "Linked output slot does not exist",
                                           f"{name}: node '{link.node_id}' ({source.name}) has "
                                           f"{len(source.outputs)} outputs, got index {link.slot}",
                                           input_name=name, linked_node=raw)
                     out_type = source.outputs[link.slot].type
                     if not types_match(out_type, info.spec.type):
-                        raise _InputError("return_type_mismatch", "Return type mismatch between linked nodes",
+                        raise InputError("return_type_mismatch", "Return type mismatch between linked nodes",
                                           f"{name}, received_type({out_type}) mismatch input_type({info.spec.type})",
                                           input_name=name, received_type=out_type, linked_node=raw)
                     checked[name] = link
@@ -304,7 +306,7 @@ class _Validator:
                 else:
                     checked[name] = coerce_constant(info, raw, self.services,
                                                     check_values=name not in schema.custom_validated)
-            except _InputError as exc:
+            except InputError as exc:
                 errors.append(exc.error)
         call.inputs = checked
         if not errors and schema.has_validation:
@@ -342,22 +344,18 @@ class _Validator:
             self._mark_cycles(graph)
         invalid = self._propagate_invalid(graph) if graph is not None else set()
         node_errors = {}
-        for node_id, errs in self.errors.items():
-            dependents = (nx.descendants(graph, node_id) | {node_id}) & set(outputs)
-            node_errors[node_id] = {"errors": errs, "dependent_outputs": [o for o in outputs if o in dependents],
-                                    "class_type": self.calls[node_id].class_type}
+        if self.errors:
+            upstream = {o: _ancestors_and_self(o, parents) for o in outputs}
+            for node_id, errs in self.errors.items():
+                node_errors[node_id] = {"errors": errs,
+                                        "dependent_outputs": [o for o in outputs if node_id in upstream[o]],
+                                        "class_type": self.calls[node_id].class_type}
         valid = [o for o in outputs if o not in invalid]
         if not valid:
             details = "\n".join(f"{e['message']}: {e['details']}" for errs in self.errors.values() for e in errs)
             raise PromptValidationError(error_dict("prompt_outputs_failed_validation",
                                                    "Prompt outputs failed validation", details), node_errors)
-        needed: set[str] = set()
-        pending = list(valid)
-        while pending:
-            node_id = pending.pop()
-            if node_id not in needed:
-                needed.add(node_id)
-                pending.extend(parents[node_id])
+        needed = set().union(*(_ancestors_and_self(o, parents) for o in valid))
         nodes = {nid: self.calls[nid] for nid in order if nid in needed}
         return ValidatedPrompt(nodes, valid, node_errors)
 
@@ -385,6 +383,17 @@ class _Validator:
             if any(p in bad_components for p in condensed.predecessors(comp)):
                 bad_components.add(comp)
         return {n for n, comp in members.items() if comp in bad_components}
+
+
+def _ancestors_and_self(node_id: str, parents: dict[str, list[str]]) -> set[str]:
+    seen: set[str] = set()
+    pending = [node_id]
+    while pending:
+        current = pending.pop()
+        if current not in seen:
+            seen.add(current)
+            pending.extend(parents[current])
+    return seen
 
 
 def _topological_order(parents: dict[str, list[str]]) -> list[str]:

@@ -1,0 +1,331 @@
+"""Model cache: load on first use, LRU eviction under a RAM budget, and placement on the compute device under
+a VRAM budget.
+
+Accounting is deliberately simple: the RAM budget bounds the total size of every cached model (wherever it is),
+the VRAM budget bounds the models currently resident on the compute device. Models in use (inside ``use()``) are
+never evicted or offloaded; when they alone exceed a budget the budget is exceeded rather than failing.
+Dtype policy: float32 on CPU; on CUDA the diffusion model and text encoders use ``dtype`` (float16 unless set,
+e.g. to bfloat16) and the VAE uses ``vae_dtype`` (bfloat16 where supported, else float32: SD/SDXL VAEs overflow
+in float16). Components are cast once at load, so moves between devices never change precision.
+Not thread-safe: meant to be driven by the one execution worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+
+from . import single_file
+from .attention import use_sdpa
+from .build import LoadedCheckpoint, TextEncoder, move_module
+
+log = logging.getLogger(__name__)
+
+VRAM_RESERVE_BYTES = 1 << 30
+HALF_PRECISION_COMPONENTS = ("unet", "text_encoder", "controlnet")
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers (shared storage counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.device.type == "meta":
+            continue
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += tensor.untyped_storage().nbytes()
+    return total
+
+
+def _default_ram_budget() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _is_external(key: Hashable) -> bool:
+    return isinstance(key, tuple) and len(key) == 2 and key[0] == "external"
+
+
+@dataclass
+class _Entry:
+    module: torch.nn.Module
+    size: int
+    component: str | None
+    pins: int = 0
+    on_device: bool = False
+
+
+@dataclass
+class _Shell:
+    """Non-tensor facts of a loaded checkpoint, kept while its modules come and go."""
+
+    info: LoadedCheckpoint
+    present: dict[str, bool] = field(default_factory=dict)
+    encoders: list[tuple] = field(default_factory=list)  # (spec, tokenizer) per text encoder
+
+
+class ModelManager:
+    def __init__(self, device: str | torch.device | None = None, ram_budget_bytes: int | None = None,
+                 vram_budget_bytes: int | None = None, dtype: torch.dtype | None = None,
+                 vae_dtype: torch.dtype | None = None, offload_device: str | torch.device = "cpu") -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.offload_device = torch.device(offload_device)
+        self.ram_budget_bytes = ram_budget_bytes if ram_budget_bytes is not None else _default_ram_budget()
+        self.vram_budget_bytes = vram_budget_bytes if vram_budget_bytes is not None else self._default_vram_budget()
+        on_cuda = self.device.type == "cuda"
+        self.dtype = dtype or (torch.float16 if on_cuda else torch.float32)
+        bf16 = on_cuda and torch.cuda.is_bf16_supported()
+        self.vae_dtype = vae_dtype or (torch.bfloat16 if bf16 else torch.float32)
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()  # RAM LRU, oldest first
+        self._resident: OrderedDict[Hashable, None] = OrderedDict()  # on the compute device, oldest first
+        self._by_module: dict[int, Hashable] = {}
+        self._shells: dict[Hashable, _Shell] = {}
+
+    def _default_vram_budget(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return max(0, total - VRAM_RESERVE_BYTES)
+
+    # -- policy --------------------------------------------------------------------------------------------
+    def dtype_for(self, component: str | None) -> torch.dtype | None:
+        """float32 for everything on CPU; on CUDA the policy dtypes for known components, else keep as loaded."""
+        if self.device.type == "cpu":
+            return torch.float32
+        if component == "vae":
+            return self.vae_dtype
+        return self.dtype if component in HALF_PRECISION_COMPONENTS else None
+
+    @property
+    def ram_used_bytes(self) -> int:
+        return sum(e.size for e in self._entries.values())
+
+    @property
+    def vram_used_bytes(self) -> int:
+        return sum(self._entries[k].size if k in self._entries else 0 for k in self._resident)
+
+    def cached_keys(self) -> list[Hashable]:
+        """Cached model keys, least recently used first."""
+        return list(self._entries)
+
+    def resident_keys(self) -> list[Hashable]:
+        """Keys of models on the compute device, least recently used first."""
+        return list(self._resident)
+
+    def key_of(self, module: torch.nn.Module) -> Hashable | None:
+        return self._by_module.get(id(module))
+
+    # -- generic cache -------------------------------------------------------------------------------------
+    def get(
+        self, key: Hashable, loader: Callable[[], torch.nn.Module], component: str | None = None
+    ) -> torch.nn.Module:
+        """The cached module for ``key``, or ``loader()`` cast to the component's dtype (see ``dtype_for``) and
+        cached. ``key`` should cover everything the loader depends on (path, component, options)."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key].module
+        module = loader()
+        self._put(key, module, component, protect={key})
+        return module
+
+    def _put(self, key: Hashable, module: torch.nn.Module, component: str | None, protect: set[Hashable]) -> None:
+        move_module(module, self.offload_device, self.dtype_for(component))
+        use_sdpa(module.eval())
+        self._entries[key] = _Entry(module, module_bytes(module), component)
+        self._by_module[id(module)] = key
+        self._evict_ram(protect | {key})
+
+    def _evict_ram(self, protect: set[Hashable]) -> None:
+        if self.ram_budget_bytes is None:
+            return
+        for key in list(self._entries):
+            if self.ram_used_bytes <= self.ram_budget_bytes:
+                return
+            if key not in protect and self._entries[key].pins == 0:
+                self._drop(key)
+        if self.ram_used_bytes > self.ram_budget_bytes:
+            used, budget = self.ram_used_bytes, self.ram_budget_bytes
+            log.warning("model cache over its RAM budget (%d > %d bytes): models in use", used, budget)
+
+    def _drop(self, key: Hashable) -> None:
+        entry = self._entries.pop(key)
+        self._resident.pop(key, None)
+        self._by_module.pop(id(entry.module), None)
+
+    # -- device placement ----------------------------------------------------------------------------------
+    def _modules_of(self, items: Sequence) -> list[torch.nn.Module]:
+        modules: list[torch.nn.Module] = []
+        for item in items:
+            if isinstance(item, LoadedCheckpoint):
+                modules += [m for m in (item.unet, item.vae) if m is not None] + [te.model for te in item.text_encoders]
+            elif isinstance(item, TextEncoder):
+                modules.append(item.model)
+            elif isinstance(item, torch.nn.Module):
+                modules.append(item)
+            elif item is not None:
+                raise TypeError(f"use() takes modules, TextEncoders or LoadedCheckpoints, not {type(item).__name__}")
+        return modules
+
+    @contextlib.contextmanager
+    def use(self, *items) -> Iterator:
+        """Put the given models (modules, TextEncoders, LoadedCheckpoints) on the compute device for the block,
+        offloading least-recently-used resident models first so that the VRAM budget holds; yields the item
+        (one) or the items (several), moved in place. Models stay resident afterwards until space is needed."""
+        modules = self._modules_of(items)
+        keys = []
+        for module in modules:
+            key = self._by_module.get(id(module))
+            if key is None:  # unmanaged: tracked for placement only
+                key = ("external", id(module))
+                self._entries[key] = _Entry(module, module_bytes(module), "external")
+                self._by_module[id(module)] = key
+            keys.append(key)
+            self._entries[key].pins += 1
+        try:
+            self._make_room([k for k in keys if k not in self._resident])
+            for key in keys:
+                entry = self._entries[key]
+                if key not in self._resident:
+                    move_module(entry.module, self.device)
+                self._resident[key] = None
+                self._resident.move_to_end(key)
+                self._entries.move_to_end(key)
+            yield items[0] if len(items) == 1 else items
+        finally:
+            for key in keys:
+                if key in self._entries:
+                    self._entries[key].pins -= 1
+                    if _is_external(key) and self._entries[key].pins == 0:
+                        self._offload(key)
+                        self._drop(key)
+
+    def _make_room(self, incoming: list[Hashable]) -> None:
+        if self.vram_budget_bytes is None:
+            return
+        needed = sum(self._entries[k].size for k in incoming)
+        for key in list(self._resident):
+            if self.vram_used_bytes + needed <= self.vram_budget_bytes:
+                return
+            if self._entries[key].pins == 0:
+                self._offload(key)
+
+    def _offload(self, key: Hashable) -> None:
+        move_module(self._entries[key].module, self.offload_device)
+        self._resident.pop(key, None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def offload_all(self) -> None:
+        """Move every unpinned model off the compute device."""
+        for key in list(self._resident):
+            if self._entries[key].pins == 0:
+                self._offload(key)
+
+    def free(self) -> None:
+        """Unload everything (the server's /free): drops all cached models and checkpoint facts."""
+        self.offload_all()
+        for key in list(self._entries):
+            self._drop(key)
+        self._shells.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- model files ---------------------------------------------------------------------------------------
+    def _load_dtype(self) -> torch.dtype | None:
+        # CPU: build in float32 directly; CUDA: keep file dtype, each component is cast once in _put
+        return torch.float32 if self.device.type == "cpu" else None
+
+    def load_checkpoint(self, path: str | Path, config_hint: str | Path | None = None,
+                        prediction_type: str | None = None,
+                        components: Sequence[str] = single_file.ALL_COMPONENTS) -> LoadedCheckpoint:
+        base = ("checkpoint", str(Path(path).resolve()), str(config_hint) if config_hint else None, prediction_type)
+        shell = self._shells.get(base)
+        missing = [c for c in components if shell is None or not self._has(base, shell, c)]
+        if missing:
+            loaded = single_file.load_checkpoint(path, config_hint, prediction_type, self._load_dtype(), missing)
+            shell = self._remember(base, shell, loaded, missing)
+        return self._assemble(base, shell, components)
+
+    def load_unet(
+        self, path: str | Path, config_hint: str | None = None, prediction_type: str | None = None
+    ) -> LoadedCheckpoint:
+        base = ("unet", str(Path(path).resolve()), config_hint, prediction_type)
+        shell = self._shells.get(base)
+        if shell is None or not self._has(base, shell, "unet"):
+            loaded = single_file.load_unet(path, config_hint, prediction_type, self._load_dtype())
+            shell = self._remember(base, shell, loaded, ["unet"])
+        return self._assemble(base, shell, ["unet"])
+
+    def load_vae(self, path: str | Path) -> AutoencoderKL:
+        key = ("vae", str(Path(path).resolve()))
+        return self.get(key, lambda: single_file.load_vae(path, self._load_dtype()), "vae")
+
+    def load_text_encoder(self, path: str | Path, kind: str | None = None) -> TextEncoder:
+        key = ("text_encoder", str(Path(path).resolve()), kind)
+        shell = self._shells.get(key)
+        if key in self._entries and shell is not None:
+            self._entries.move_to_end(key)
+            spec, tokenizer = shell.encoders[0]
+            return TextEncoder(spec, self._entries[key].module, tokenizer)
+        encoder = single_file.load_text_encoder(path, kind, self._load_dtype())
+        self._put(key, encoder.model, "text_encoder", protect={key})
+        self._shells[key] = _Shell(info=None, encoders=[(encoder.spec, encoder.tokenizer)])
+        return encoder
+
+    def _has(self, base: Hashable, shell: _Shell, component: str) -> bool:
+        if component not in shell.present:
+            return False
+        if not shell.present[component]:
+            return True
+        if component == "text_encoders":
+            return all((*base, "text_encoder", i) in self._entries for i in range(len(shell.encoders)))
+        return (*base, component) in self._entries
+
+    def _remember(self, base, shell: _Shell | None, loaded: LoadedCheckpoint, loaded_components) -> _Shell:
+        if shell is None:
+            shell = _Shell(info=replace(loaded, unet=None, vae=None, text_encoders=[]))
+        protect = {k for k in self._entries if isinstance(k, tuple) and k[: len(base)] == base}
+        protect |= {(*base, c) for c in ("unet", "vae")}
+        protect |= {(*base, "text_encoder", i) for i in range(len(loaded.text_encoders))}
+        for component in loaded_components:
+            if component == "text_encoders":
+                shell.present[component] = bool(loaded.text_encoders)
+                shell.encoders = [(te.spec, te.tokenizer) for te in loaded.text_encoders]
+                for i, te in enumerate(loaded.text_encoders):
+                    self._put((*base, "text_encoder", i), te.model, "text_encoder", protect)
+            else:
+                module = getattr(loaded, component)
+                shell.present[component] = module is not None
+                if module is not None:
+                    self._put((*base, component), module, component, protect)
+        self._shells[base] = shell
+        return shell
+
+    def _assemble(self, base, shell: _Shell, components: Sequence[str]) -> LoadedCheckpoint:
+        def cached(key):
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return self._entries[key].module
+
+        unet = cached((*base, "unet")) if "unet" in components else None
+        vae = cached((*base, "vae")) if "vae" in components else None
+        encoders = []
+        if "text_encoders" in components:
+            for i, (spec, tokenizer) in enumerate(shell.encoders):
+                encoders.append(TextEncoder(spec, cached((*base, "text_encoder", i)), tokenizer))
+        return replace(shell.info, unet=unet, vae=vae, text_encoders=encoders)
