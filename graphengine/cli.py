@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +121,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     registry = build_registry(config)
     prompt, extra_pnginfo = _load(args, registry)
+    return run_prompt(prompt, extra_pnginfo, registry, config, args)
+
+
+def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistry, config: RuntimeConfig,
+               args: argparse.Namespace) -> int:
+    """Validate and execute an API prompt with progress bars; print the written files (`run` and `template`)."""
     validated = _validate(prompt, registry)
     if validated is None:
         return EXIT_INVALID
@@ -171,17 +181,152 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return importlib.import_module("graphengine.server").main(args.server_args) or EXIT_OK
 
 
+# -- templates and conversion ----------------------------------------------------------------------------------
+
+TEMPLATE_SKIPPED_PARAMS = frozenset({"registry"})
+_RUN_OPTIONS = ("json", "quiet", "traceback", "base_dir", "output_dir", "input_dir", "models_dir",
+                "extra_model_paths", "custom_nodes")
+
+
+def _option_kwargs(annotation: Any, default: Any) -> dict[str, Any]:
+    """argparse keyword arguments for a template parameter, from its annotation and default."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        annotation = inner[0] if len(inner) == 1 else str
+    origin = typing.get_origin(annotation)
+    kwargs: dict[str, Any] = {} if default is inspect.Parameter.empty else {"default": default}
+    if origin is typing.Literal:
+        choices = list(typing.get_args(annotation))
+        return {**kwargs, "choices": choices, "type": type(choices[0])}
+    if annotation is bool:
+        return {**kwargs, "action": argparse.BooleanOptionalAction}
+    if origin in (list, tuple, collections.abc.Sequence):
+        item = (typing.get_args(annotation) or (str,))[0]
+        return {**kwargs, "nargs": "+", "type": item if item in (int, float, str) else str}
+    return {**kwargs, "type": annotation if annotation in (int, float, str) else str}
+
+
+def _option_help(kwargs: dict[str, Any], required: bool) -> str:
+    kind = getattr(kwargs.get("type"), "__name__", "flag")
+    if "choices" in kwargs:
+        kind = "one of " + ", ".join(map(str, kwargs["choices"]))
+    elif kwargs.get("nargs") == "+":
+        kind = f"one or more {kind} values"
+    if required:
+        return f"{kind} (required)"
+    return f"{kind} (default: {kwargs.get('default')!r})".replace("%", "%%")
+
+
+def _summary(template: Any) -> str:
+    """The first sentence of a template's docstring."""
+    text = " ".join((inspect.getdoc(template) or "").split())
+    return text.split(". ")[0].rstrip(".")
+
+
+def template_parser(name: str, template: Any) -> argparse.ArgumentParser:
+    """A parser whose options are the template's parameters (`--filename-prefix` or `--filename_prefix`)."""
+    doc = inspect.getdoc(template) or ""
+    parser = argparse.ArgumentParser(prog=f"graphengine template {name}", description=doc)
+    hints = typing.get_type_hints(template)
+    group = parser.add_argument_group("template parameters")
+    for param in inspect.signature(template).parameters.values():
+        if param.name in TEMPLATE_SKIPPED_PARAMS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.name in _RUN_OPTIONS:
+            raise UserError(f"template {name}: parameter {param.name!r} clashes with a command-line option")
+        flags = dict.fromkeys([f"--{param.name.replace('_', '-')}", f"--{param.name}"])
+        kwargs = _option_kwargs(hints.get(param.name, str), param.default)
+        required = param.default is inspect.Parameter.empty
+        group.add_argument(*flags, dest=param.name, required=required, help=_option_help(kwargs, required),
+                           **kwargs)
+    parser.add_argument("--json", action="store_true", help="print the API-format graph instead of running it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--traceback", action="store_true", help="print the node's traceback on failure")
+    _common_options(parser)
+    return parser
+
+
+def _template_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in _RUN_OPTIONS}
+
+
+def cmd_template(args: argparse.Namespace) -> int:
+    from .script import load_templates
+
+    try:
+        templates = load_templates()
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise UserError(f"cannot load the templates: {type(exc).__name__}: {exc}") from None
+    if not args.name:
+        if not templates:
+            raise UserError("no templates are installed (entry-point group graphengine.templates)")
+        for name, template in sorted(templates.items()):
+            print(f"{name:18s} {_summary(template)}")
+        return EXIT_OK
+    template = templates.get(args.name)
+    if template is None:
+        known = ", ".join(sorted(templates)) or "none installed"
+        raise UserError(f"unknown template {args.name!r} (templates: {known})")
+    parser = template_parser(args.name, template)
+    parsed = parser.parse_args(args.params)
+    params = _template_params(parsed)
+    config = _config(parsed)
+    registry = build_registry(config)
+    if "registry" in inspect.signature(template).parameters:
+        params["registry"] = registry
+    try:
+        prompt = template(**params).to_api()
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"template {args.name}: {exc}") from None
+    if parsed.json:
+        print(json.dumps(prompt, indent=2))
+        return EXIT_OK
+    return run_prompt(prompt, {}, registry, config, parsed)
+
+
+def _is_api_prompt(data: Any) -> bool:
+    return isinstance(data, dict) and bool(data) and all(isinstance(n, dict) and "class_type" in n
+                                                         for n in data.values())
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .ui_convert import UIConversionError, convert
+
+    try:
+        data, _ = load_workflow_data(args.workflow)
+    except WorkflowFileError as exc:
+        raise UserError(str(exc)) from None
+    if is_ui_workflow(data):
+        registry = build_registry(_config(args))
+        try:
+            data = convert(data, registry, controls="apply" if args.apply_controls else "keep", seed=args.seed)
+        except UIConversionError as exc:
+            raise UserError(f"{args.workflow}: {exc}") from None
+    elif not _is_api_prompt(data):
+        raise UserError(f"{args.workflow}: neither a UI-format workflow nor an API-format prompt")
+    text = json.dumps(data, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-dir", help="folder holding output/, input/, models/ (default: current folder)")
+    p.add_argument("--output-dir")
+    p.add_argument("--input-dir")
+    p.add_argument("--models-dir")
+    p.add_argument("--extra-model-paths", action="append", metavar="YAML")
+    p.add_argument("--custom-nodes", action="append", metavar="DIR", help="a folder of custom node packs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphengine", description="Run ComfyUI-format node graphs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--base-dir", help="folder holding output/, input/, models/ (default: current folder)")
-        p.add_argument("--output-dir")
-        p.add_argument("--input-dir")
-        p.add_argument("--models-dir")
-        p.add_argument("--extra-model-paths", action="append", metavar="YAML")
-        p.add_argument("--custom-nodes", action="append", metavar="DIR", help="a folder of custom node packs")
+    common = _common_options
 
     run = sub.add_parser("run", help="run a workflow (API JSON, UI JSON or a PNG saved by SaveImage)")
     run.add_argument("workflow")
@@ -202,6 +347,22 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--json", action="store_true", help="print /object_info JSON")
     common(nodes)
     nodes.set_defaults(func=cmd_nodes)
+
+    template = sub.add_parser("template", help="build a graph from a template and run it (or print it with --json)",
+                              add_help=False)
+    template.add_argument("name", nargs="?", help="template name (leave out to list the templates)")
+    template.add_argument("params", nargs=argparse.REMAINDER,
+                          help="the template's parameters as --name value; NAME --help lists them")
+    template.set_defaults(func=cmd_template)
+
+    convert = sub.add_parser("convert", help="convert a UI-format workflow (JSON or PNG) to an API-format prompt")
+    convert.add_argument("workflow")
+    convert.add_argument("-o", "--output", help="write here instead of standard output")
+    convert.add_argument("--apply-controls", action="store_true",
+                         help="apply each seed's increment/decrement/randomize setting, as the editor does on queue")
+    convert.add_argument("--seed", type=int, help="random seed for --apply-controls")
+    common(convert)
+    convert.set_defaults(func=cmd_convert)
 
     serve = sub.add_parser("serve", help="start the ComfyUI-compatible server (same flags as server.py)")
     serve.add_argument("server_args", nargs=argparse.REMAINDER)

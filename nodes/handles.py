@@ -1,0 +1,288 @@
+"""The MODEL and VAE socket values: light handles over manager-held diffusers modules.
+
+`UNetModel` implements the sampling layer's DiffusionModel protocol over a `UNet2DConditionModel` (SD1/SD2 eps
+and v, 9-channel inpaint, 5-channel depth, SDXL's added `text_embeds`/`time_ids` conditioning). `VaeModel` wraps an
+`AutoencoderKL`: ComfyUI's IMAGE <-> LATENT conventions, tiled encode/decode and an automatic tiled retry when a
+full-size pass runs out of memory. Both run their module inside `manager.use(...)`, which puts it on the compute
+device for the duration of the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .samplers.conds import repeat_to_batch
+from .samplers.model_sampling import ModelSamplingDiscrete
+
+LATENT_DOWNSCALE = 8
+# SDXL micro-conditioning defaults when the conditioning does not say (ComfyUI's).
+REFINER_AESTHETIC_SCORE = 6.0
+REFINER_POOLED_DIM = 1280
+# Tiled retry after an out-of-memory error: tile/overlap in latent pixels, halved on each further
+# out-of-memory error down to MIN_FALLBACK_TILE.
+FALLBACK_TILE = 64
+FALLBACK_OVERLAP = 16
+MIN_FALLBACK_TILE = 8
+
+
+@contextlib.contextmanager
+def on_compute_device(manager: Any, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The module ready to run: through the model manager when there is one, else where it is."""
+    if manager is None:
+        yield module
+        return
+    with manager.use(module) as used:
+        yield used if isinstance(used, torch.nn.Module) else module
+
+
+def module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(module.parameters())
+    return param.device, param.dtype
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_device_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def retry_tiled(run_tiled: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """run_tiled(tile, overlap) in latent pixels, with smaller tiles after each out-of-memory error."""
+    tile = FALLBACK_TILE
+    while True:
+        free_device_cache()
+        try:
+            return run_tiled(tile, min(FALLBACK_OVERLAP, tile // 4))
+        except Exception as exc:
+            if not is_out_of_memory(exc) or tile <= MIN_FALLBACK_TILE:
+                raise
+        tile //= 2
+
+
+# -- the diffusion model ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SdxlConditioning:
+    """How an SDXL-style UNet takes its added conditioning: pooled width and the number of time ids."""
+
+    pooled_dim: int
+    time_ids: int  # 6 for SDXL base (sizes, crop, target), 5 for the refiner (sizes, crop, aesthetic score)
+
+
+def sdxl_conditioning_of(unet: torch.nn.Module) -> SdxlConditioning | None:
+    config = unet.config
+    if getattr(config, "addition_embed_type", None) != "text_time":
+        return None
+    time_dim = int(config.addition_time_embed_dim)
+    total = int(config.projection_class_embeddings_input_dim)
+    # The refiner (2560 = 1280 pooled + 5 × 256) is the only known layout with 5 ids; everything else has 6.
+    count = 5 if total - 5 * time_dim == REFINER_POOLED_DIM else 6
+    return SdxlConditioning(pooled_dim=total - count * time_dim, time_ids=count)
+
+
+def sdxl_time_ids(cond: dict, height: int, width: int, count: int) -> list[float]:
+    """[height, width, crop_h, crop_w, target_h, target_w] (base) or [.., aesthetic score] (refiner), pixels.
+
+    `height`/`width` are the sampled latent's size; the conditioning's own values (CLIPTextEncodeSDXL) win."""
+    h = cond.get("height", height * LATENT_DOWNSCALE)
+    w = cond.get("width", width * LATENT_DOWNSCALE)
+    crop_h, crop_w = cond.get("crop_h", 0), cond.get("crop_w", 0)
+    if count == 5:
+        return [h, w, crop_h, crop_w, cond.get("aesthetic_score", REFINER_AESTHETIC_SCORE)]
+    return [h, w, crop_h, crop_w, cond.get("target_height", h), cond.get("target_width", w)]
+
+
+@dataclass(frozen=True, eq=False)
+class UNetModel:
+    """MODEL: a diffusers UNet2DConditionModel plus what the sampler needs to drive it.
+
+    `latent_space` picks preview colours ("sd1" for SD1.x/SD2.x, "sdxl", anything else = decode with
+    `preview_vae` when one is attached)."""
+
+    unet: torch.nn.Module
+    model_sampling: ModelSamplingDiscrete
+    latent_scale_factor: float
+    in_channels: int
+    latent_space: str = "sd1"
+    family: str = "sd1"
+    manager: Any = None
+    preview_vae: VaeModel | None = None
+    sdxl: SdxlConditioning | None = field(default=None)
+
+    @classmethod
+    def build(cls, unet: torch.nn.Module, *, prediction: str, latent_scale_factor: float, family: str,
+              latent_space: str, manager: Any = None, preview_vae: VaeModel | None = None) -> UNetModel:
+        return cls(unet=unet, model_sampling=ModelSamplingDiscrete(prediction=prediction),
+                   latent_scale_factor=float(latent_scale_factor), in_channels=int(unet.config.in_channels),
+                   latent_space=latent_space, family=family, manager=manager, preview_vae=preview_vae,
+                   sdxl=sdxl_conditioning_of(unet))
+
+    @property
+    def context_dim(self) -> int:
+        dim = self.unet.config.cross_attention_dim
+        return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
+
+    def extra_conds(self, cond_dict: dict, batch: int, height: int, width: int) -> dict:
+        if self.sdxl is None:
+            return {}
+        pooled = cond_dict.get("pooled_output")
+        if pooled is None:
+            pooled = torch.zeros(1, self.sdxl.pooled_dim)
+        pooled = repeat_to_batch(pooled.reshape(-1, pooled.shape[-1]).to(torch.float32), batch)
+        ids = torch.tensor(sdxl_time_ids(cond_dict, height, width, self.sdxl.time_ids), dtype=torch.float32)
+        return {"text_embeds": pooled, "time_ids": ids.unsqueeze(0).repeat(batch, 1)}
+
+    def apply_model(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                    concat: torch.Tensor | None = None, **extra: Any) -> torch.Tensor:
+        if context.shape[-1] != self.context_dim:
+            raise ValueError(f"conditioning width {context.shape[-1]} does not fit this model (expects "
+                             f"{self.context_dim}): the CLIP and the MODEL come from different model families")
+        x = x_in if concat is None else torch.cat([x_in, concat.to(x_in)], dim=1)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"the model takes {self.in_channels} input channels, got {x.shape[1]}")
+        with on_compute_device(self.manager, self.unet) as unet:
+            device, dtype = module_device_dtype(unet)
+            added = {k: v.to(device, dtype) for k, v in extra.items()} if self.sdxl is not None else None
+            with torch.no_grad():
+                out = unet(x.to(device, dtype), t.to(device), encoder_hidden_states=context.to(device, dtype),
+                           added_cond_kwargs=added, return_dict=False)[0]
+        return out.to(x_in.device, torch.float32)
+
+
+# -- tiling ----------------------------------------------------------------------------------------------------------
+
+def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Start offsets of tiles of `tile` covering [0, size) with at least `overlap` shared; the last ends at size."""
+    if size <= tile:
+        return [0]
+    stride = max(align, (tile - overlap) // align * align)
+    starts = list(range(0, size - tile, stride))
+    starts.append((size - tile) // align * align)
+    return sorted(set(starts))
+
+
+def feather_weights(height: int, width: int, feather: int) -> torch.Tensor:
+    """[height, width] blending weights: linear ramps `feather` long at every edge, 1 inside, never 0."""
+    def ramp(n: int) -> torch.Tensor:
+        i = torch.arange(n, dtype=torch.float32)
+        return torch.minimum(torch.minimum((i + 1) / (feather + 1), (n - i) / (feather + 1)), torch.tensor(1.0))
+    return ramp(height).unsqueeze(1) * ramp(width).unsqueeze(0)
+
+
+def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, tile: int, overlap: int,
+              scale: float, out_channels: int, align: int = 1) -> torch.Tensor:
+    """Apply a spatial map (output size = input size × scale) tile by tile, blending overlaps with ramps."""
+    batch, _, height, width = x.shape
+    out_h, out_w = round(height * scale), round(width * scale)
+    total = torch.zeros(batch, out_channels, out_h, out_w)
+    weight = torch.zeros(1, 1, out_h, out_w)
+    tile_h, tile_w = min(tile, height), min(tile, width)
+    feather = max(1, round(overlap * scale / 2))
+    for y in tile_starts(height, tile_h, overlap, align):
+        for x0 in tile_starts(width, tile_w, overlap, align):
+            piece = fn(x[:, :, y:y + tile_h, x0:x0 + tile_w]).to("cpu", torch.float32)
+            oy, ox = round(y * scale), round(x0 * scale)
+            ph, pw = piece.shape[-2:]
+            w = feather_weights(ph, pw, feather)
+            total[:, :, oy:oy + ph, ox:ox + pw] += piece * w
+            weight[:, :, oy:oy + ph, ox:ox + pw] += w
+    return total / weight
+
+
+# -- the VAE -----------------------------------------------------------------------------------------------------------
+
+def crop_to_multiple(pixels: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Centre-crop [B,H,W,C] so that H and W are multiples of `multiple`."""
+    height, width = pixels.shape[1], pixels.shape[2]
+    new_h, new_w = height // multiple * multiple, width // multiple * multiple
+    if (new_h, new_w) == (height, width):
+        return pixels
+    if new_h == 0 or new_w == 0:
+        raise ValueError(f"image {width}x{height} is smaller than the VAE's {multiple}-pixel grid")
+    top, left = (height % multiple) // 2, (width % multiple) // 2
+    return pixels[:, top:top + new_h, left:left + new_w, :]
+
+
+@dataclass(frozen=True, eq=False)
+class VaeModel:
+    """VAE: IMAGE [B,H,W,C] 0..1 <-> raw LATENT [B,c,H/8,W/8] (VAE units, not multiplied by the scale factor)."""
+
+    vae: torch.nn.Module
+    manager: Any = None
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+    # raw passes on [B,C,H,W] tensors (pixels in -1..1); run on the compute device, return float32 CPU
+    def _encode_raw(self, pixels: torch.Tensor) -> torch.Tensor:
+        with on_compute_device(self.manager, self.vae) as vae, torch.no_grad():
+            device, dtype = module_device_dtype(vae)
+            posterior = vae.encode(pixels.to(device, dtype)).latent_dist
+            return posterior.mean.to("cpu", torch.float32)
+
+    def _decode_raw(self, latent: torch.Tensor) -> torch.Tensor:
+        with on_compute_device(self.manager, self.vae) as vae, torch.no_grad():
+            device, dtype = module_device_dtype(vae)
+            return vae.decode(latent.to(device, dtype)).sample.to("cpu", torch.float32)
+
+    def _pixels_in(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = crop_to_multiple(pixels[..., :3], self.downscale)
+        return pixels.movedim(-1, 1).to(torch.float32) * 2.0 - 1.0
+
+    @staticmethod
+    def _pixels_out(decoded: torch.Tensor) -> torch.Tensor:
+        return ((decoded + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).contiguous()
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of the (centre-cropped) pixels; retries tiled on out-of-memory."""
+        x = self._pixels_in(pixels)
+        try:
+            return self._encode_raw(x)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        d = self.downscale
+        return retry_tiled(lambda tile, overlap: self._encode_tiled_in(x, tile * d, overlap * d))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """IMAGE [B,H,W,3] 0..1 from a raw latent; retries tiled on out-of-memory."""
+        latent = latent.to(torch.float32)
+        try:
+            return self._pixels_out(self._decode_raw(latent))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        return retry_tiled(lambda tile, overlap: self.decode_tiled(latent, tile, overlap))
+
+    def _encode_tiled_in(self, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+        return tiled_map(self._encode_raw, x, tile=tile, overlap=overlap, scale=1 / self.downscale,
+                         out_channels=self.latent_channels, align=self.downscale)
+
+    def encode_tiled(self, pixels: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
+        """Encode in pixel tiles of `tile_size` sharing `overlap` pixels."""
+        return self._encode_tiled_in(self._pixels_in(pixels), tile_size, min(overlap, tile_size // 4))
+
+    def decode_tiled(self, latent: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
+        """Decode in latent tiles of `tile_size` sharing `overlap` latent pixels."""
+        decoded = tiled_map(self._decode_raw, latent.to(torch.float32), tile=tile_size,
+                            overlap=min(overlap, tile_size // 4), scale=self.downscale, out_channels=3)
+        return self._pixels_out(decoded)

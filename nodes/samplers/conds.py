@@ -1,0 +1,236 @@
+"""Conditioning evaluation and classifier-free guidance, ComfyUI semantics.
+
+A CONDITIONING is a list of `[context, options]` pairs (context [1|B, T, D]). Every entry
+is evaluated as a (possibly area-cropped) model pass; the x0 predictions of all entries
+of one conditioning are averaged with per-pixel weights `strength * mask * feather`.
+CFG then combines the two averages in x0 space: x0_u + (x0_c - x0_u) * cfg.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+FEATHER_ROWS = 8  # latent rows/cols over which an area's inner edges fade in
+EMPTY_WEIGHT = 1e-37  # keeps the weighted average defined where no entry contributes
+
+
+def repeat_to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """Crop or cyclically repeat dim 0 to `batch` rows."""
+    if tensor.shape[0] > batch:
+        return tensor[:batch]
+    if tensor.shape[0] < batch:
+        reps = math.ceil(batch / tensor.shape[0])
+        return tensor.repeat((reps,) + (1,) * (tensor.ndim - 1))[:batch]
+    return tensor
+
+
+def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B,H,W] / [H,W] / [B,1,H,W] mask -> [B,height,width], bilinear (align_corners off)."""
+    mask = mask.reshape((-1,) + tuple(mask.shape[-2:])).to(torch.float32)
+    if tuple(mask.shape[-2:]) != (height, width):
+        mask = F.interpolate(mask.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)
+        mask = mask.squeeze(1)
+    return mask
+
+
+def resolve_area(area: Any, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """ComfyUI area tuple -> (h, w, y, x) in latent pixels, or None for the full latent.
+
+    ConditioningSetArea stores (h, w, y, x) already in latent units (pixels // 8);
+    ConditioningSetAreaPercentage stores ("percentage", h, w, y, x) as fractions.
+    """
+    if area is None:
+        return None
+    if area[0] == "percentage":
+        _, h, w, y, x = area
+        return (max(1, round(h * height)), max(1, round(w * width)), round(y * height), round(x * width))
+    h, w, y, x = (int(v) for v in area[:4])
+    return (h, w, y, x)
+
+
+def mask_bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(h, w, y, x) bounding box of mask > 0.5 over the whole batch (full area when empty)."""
+    hit = (mask > 0.5).any(dim=0)
+    rows = torch.nonzero(hit.any(dim=1)).flatten()
+    cols = torch.nonzero(hit.any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return (mask.shape[-2], mask.shape[-1], 0, 0)
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    x0, x1 = int(cols[0]), int(cols[-1]) + 1
+    return (y1 - y0, x1 - x0, y0, x0)
+
+
+def feather_area_edges(mult: torch.Tensor, area: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
+    """Linear fade over FEATHER_ROWS at the area edges that lie inside the latent."""
+    h, w, y, x = area
+    mult = mult.clone()
+    for d in range(FEATHER_ROWS):
+        fade = min(1.0, (d + 1) / FEATHER_ROWS)
+        if y != 0:
+            mult[:, :, d : d + 1, :] *= fade
+        if y + h < height:
+            mult[:, :, h - 1 - d : h - d, :] *= fade
+        if x != 0:
+            mult[:, :, :, d : d + 1] *= fade
+        if x + w < width:
+            mult[:, :, :, w - 1 - d : w - d] *= fade
+    return mult
+
+
+@dataclass(frozen=True)
+class CondPass:
+    """One conditioning entry prepared for one network pass."""
+
+    slot: int  # which accumulator (0 = positive, 1 = negative)
+    window: tuple[slice, slice]  # latent rows/cols this pass covers
+    mult: torch.Tensor  # [B, C, h, w] weight of its x0 prediction
+    context: torch.Tensor  # [B, T, D]
+    concat: torch.Tensor | None  # [B, k, h, w] extra input channels, or None
+    extra: dict  # further apply_model kwargs (tensors with B rows)
+
+
+def entry_is_active(options: dict, sigma: float, percent_to_sigma: Callable[[float], float]) -> bool:
+    """ConditioningSetTimestepRange: active while percent_to_sigma(end) <= sigma <= percent_to_sigma(start)."""
+    if "start_percent" in options and sigma > percent_to_sigma(options["start_percent"]):
+        return False
+    if "end_percent" in options and sigma < percent_to_sigma(options["end_percent"]):
+        return False
+    return True
+
+
+def entry_weight(options: dict, x_shape: torch.Size) -> tuple[tuple[slice, slice], torch.Tensor]:
+    """The window and the [B,C,h,w] weight of one conditioning entry."""
+    batch, channels, height, width = x_shape
+    mask = options.get("mask")
+    if mask is not None:
+        mask = repeat_to_batch(resize_mask(mask, height, width), batch)
+    area = resolve_area(options.get("area"), height, width)
+    if mask is not None and options.get("set_area_to_bounds", False):
+        area = mask_bounds(mask)
+    h, w, y, x = area if area is not None else (height, width, 0, 0)
+    window = (slice(y, y + h), slice(x, x + w))
+    if mask is not None:
+        weight = mask[:, window[0], window[1]] * options.get("mask_strength", 1.0)
+        weight = weight.unsqueeze(1).expand(-1, channels, -1, -1)
+    else:
+        crop_h = len(range(height)[window[0]])
+        crop_w = len(range(width)[window[1]])
+        weight = torch.ones((batch, channels, crop_h, crop_w), dtype=torch.float32)
+    weight = weight * options.get("strength", 1.0)
+    if mask is None and area is not None:
+        weight = feather_area_edges(weight, (weight.shape[2], weight.shape[3], y, x), height, width)
+    return window, weight
+
+
+def _compatible(a: CondPass, b: CondPass, x: torch.Tensor) -> bool:
+    if x[..., a.window[0], a.window[1]].shape != x[..., b.window[0], b.window[1]].shape:
+        return False
+    if a.context.shape[1:] != b.context.shape[1:]:
+        return False
+    if (a.concat is None) != (b.concat is None) or (a.concat is not None and a.concat.shape != b.concat.shape):
+        return False
+    if a.extra.keys() != b.extra.keys():
+        return False
+    return all(getattr(a.extra[k], "shape", None) == getattr(b.extra[k], "shape", None) for k in a.extra)
+
+
+def group_passes(passes: list[CondPass], x: torch.Tensor) -> list[list[CondPass]]:
+    """Greedy batching of passes that can share one network call (same shapes)."""
+    groups: list[list[CondPass]] = []
+    for p in passes:
+        for group in groups:
+            if _compatible(group[0], p, x):
+                group.append(p)
+                break
+        else:
+            groups.append([p])
+    return groups
+
+
+def _cat_extra(group: list[CondPass]) -> dict:
+    merged = {}
+    for key, first in group[0].extra.items():
+        if isinstance(first, torch.Tensor):
+            merged[key] = torch.cat([p.extra[key] for p in group])
+        else:
+            merged[key] = first
+    return merged
+
+
+def run_group(model, group: list[CondPass], x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
+    """One network call for a group of passes; returns each pass's x0 prediction."""
+    ms = model.model_sampling
+    xs = torch.cat([x[..., p.window[0], p.window[1]] for p in group])
+    sigmas = torch.cat([sigma] * len(group))
+    x_in = ms.calculate_input(sigmas, xs)
+    t = ms.timestep(sigmas).to(torch.float32)
+    context = torch.cat([p.context for p in group])
+    concat = torch.cat([p.concat for p in group]) if group[0].concat is not None else None
+    out = model.apply_model(x_in, t, context, concat=concat, **_cat_extra(group)).to(torch.float32)
+    return list(ms.calculate_denoised(sigmas, out, xs).split(x.shape[0]))
+
+
+def weighted_predictions(model, passes: list[CondPass], x: torch.Tensor, sigma: torch.Tensor, slots: int):
+    """Per-slot weighted average of the x0 predictions of all passes."""
+    totals = [torch.zeros_like(x) for _ in range(slots)]
+    counts = [torch.full_like(x, EMPTY_WEIGHT) for _ in range(slots)]
+    for group in group_passes(passes, x):
+        for p, x0 in zip(group, run_group(model, group, x, sigma)):
+            rows, cols = p.window
+            totals[p.slot][..., rows, cols] += x0 * p.mult
+            counts[p.slot][..., rows, cols] += p.mult
+    return [t / c for t, c in zip(totals, counts)]
+
+
+def make_passes(
+    model, conditioning: list, slot: int, x: torch.Tensor, sigma: torch.Tensor, concat_for: Callable | None
+) -> list[CondPass]:
+    """CondPass list for the active entries of one CONDITIONING at this sigma."""
+    batch, _, height, width = x.shape
+    ms = model.model_sampling
+    passes = []
+    for context, options in conditioning:
+        if not entry_is_active(options, float(sigma[0]), ms.percent_to_sigma):
+            continue
+        window, mult = entry_weight(options, x.shape)
+        concat = concat_for(options) if concat_for is not None else None
+        if concat is not None:
+            concat = concat[..., window[0], window[1]].to(x.device, x.dtype)
+        extra = {
+            key: value.to(x.device) if isinstance(value, torch.Tensor) else value
+            for key, value in (model.extra_conds(options, batch, height, width) or {}).items()
+        }
+        ctx = repeat_to_batch(context.to(x.device, x.dtype), batch)
+        passes.append(CondPass(slot, window, mult.to(x.device, x.dtype), ctx, concat, extra))
+    return passes
+
+
+def guided_x0(
+    model,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    positive: list,
+    negative: list,
+    cfg: float,
+    *,
+    force_uncond: bool = False,
+    concat_for: Callable | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """CFG x0 and the uncond x0 (None when the uncond pass is skipped at cfg == 1).
+
+    Uncond passes come first so that a shared network call has rows [uncond, cond].
+    """
+    with_uncond = force_uncond or not math.isclose(cfg, 1.0)
+    passes = []
+    if with_uncond:
+        passes += make_passes(model, negative, 1, x, sigma, concat_for)
+    passes += make_passes(model, positive, 0, x, sigma, concat_for)
+    preds = weighted_predictions(model, passes, x, sigma, 2 if with_uncond else 1)
+    if not with_uncond:
+        return preds[0], None
+    cond, uncond = preds
+    return uncond + (cond - uncond) * cfg, uncond

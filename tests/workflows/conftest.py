@@ -1,0 +1,66 @@
+"""Fixtures of the workflow tests: a models folder with tiny random checkpoints under the demo model's file names,
+the committed sample inputs, and the full registry over both."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from graphengine import NodeRegistry, RuntimeConfig, build_registry  # noqa: E402
+from graphengine.script import TEMPLATES_ENV  # noqa: E402
+
+INPUT_DIR = ROOT / "input"
+WORKFLOWS_DIR = ROOT / "workflows"
+TEMPLATES_SPEC = "workflows.templates:TEMPLATES"
+
+
+def write_demo_named_checkpoints(models: Path) -> None:
+    """Tiny random-weight models saved with the real single-file writer as the demo model's three files."""
+    from nodes.models.single_file import save_checkpoint
+    from tests.nodes_sd.tiny import tiny_text_encoder, tiny_unet, tiny_vae
+    from workflows.templates import BASE_CHECKPOINT, DEPTH_CHECKPOINT, INPAINT_CHECKPOINT
+
+    folder = models / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    vae, text = tiny_vae(), tiny_text_encoder()
+    save_checkpoint(folder / BASE_CHECKPOINT, tiny_unet(), vae, [text], "sd15")
+    save_checkpoint(folder / INPAINT_CHECKPOINT, tiny_unet(in_channels=9, seed=3), vae, [text], "sd15_inpaint")
+    # No SD1-layout depth family exists, so the 5-channel model is a self-describing custom file.
+    save_checkpoint(folder / DEPTH_CHECKPOINT, tiny_unet(in_channels=5, seed=4), vae, [text], "custom")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    models = tmp_path_factory.mktemp("workflow_models") / "models"
+    write_demo_named_checkpoints(models)
+    return models
+
+
+@pytest.fixture(scope="session")
+def sd_registry(models_dir: Path) -> NodeRegistry:
+    """The full node registry, seeing the tiny checkpoints and the committed inputs."""
+    return build_registry(RuntimeConfig(base_dir=models_dir.parent, models_dir=models_dir, input_dir=INPUT_DIR))
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory) -> NodeRegistry:
+    """The full node registry with no models (enough to build graphs)."""
+    return build_registry(RuntimeConfig(base_dir=tmp_path_factory.mktemp("no_models")))
+
+
+@pytest.fixture
+def templates_installed(monkeypatch) -> None:
+    """Point template discovery at this project's templates (the entry point may not be installed)."""
+    monkeypatch.setenv(TEMPLATES_ENV, TEMPLATES_SPEC)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))

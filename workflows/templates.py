@@ -1,0 +1,233 @@
+"""Ready-made Stable Diffusion graphs as Python functions with typed parameters; each returns a `Graph`.
+
+Defaults suit the bundled 64x64 demo model (models/checkpoints/graphengine-demo*.safetensors) and the sample
+inputs in input/. Every template takes `registry=` (keyword): the registry whose schemas check the graph; without
+it one is built for the current folder. `graphengine template NAME --help` lists a template's parameters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from graphengine import NodeRegistry, RuntimeConfig, build_registry
+from graphengine.script import Graph, OutputRef
+
+BASE_CHECKPOINT = "graphengine-demo.safetensors"
+INPAINT_CHECKPOINT = "graphengine-demo-inpaint.safetensors"
+DEPTH_CHECKPOINT = "graphengine-demo-depth.safetensors"
+AREA_MIN = 64  # ConditioningSetArea's smallest width/height in pixels
+
+def _graph(registry: NodeRegistry | None) -> Graph:
+    return Graph(registry if registry is not None else build_registry(RuntimeConfig()))
+
+
+def _prompts(g: Graph, checkpoint: str, prompt: str, negative: str) -> tuple[OutputRef, OutputRef, OutputRef,
+                                                                               OutputRef, OutputRef]:
+    """Checkpoint loader and the two text encodings: (model, clip, vae, positive, negative)."""
+    model, clip, vae = g.CheckpointLoaderSimple(ckpt_name=checkpoint)
+    positive = g.CLIPTextEncode(text=prompt, clip=clip, _title="Positive prompt")
+    negative_cond = g.CLIPTextEncode(text=negative, clip=clip, _title="Negative prompt")
+    return model, clip, vae, positive[0], negative_cond[0]
+
+
+def _decode_and_save(g: Graph, latent: OutputRef, vae: OutputRef, filename_prefix: str) -> None:
+    g.SaveImage(images=g.VAEDecode(samples=latent, vae=vae), filename_prefix=filename_prefix)
+
+
+def txt2img(prompt: str, negative: str = "", width: int = 64, height: int = 64, steps: int = 20, cfg: float = 5.0,
+            sampler: str = "euler", scheduler: str = "normal", seed: int = 0, batch_size: int = 1,
+            checkpoint: str = BASE_CHECKPOINT, filename_prefix: str = "txt2img", *,
+            registry: NodeRegistry | None = None) -> Graph:
+    """Text to image: sample an empty latent guided by the prompt."""
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    latent = g.EmptyLatentImage(width=width, height=height, batch_size=batch_size)
+    sampled = g.KSampler(model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler,
+                         positive=positive, negative=negative_cond, latent_image=latent, denoise=1.0)
+    _decode_and_save(g, sampled[0], vae, filename_prefix)
+    return g
+
+
+def img2img(prompt: str, image: str = "img2img_init.png", denoise: float = 0.6, negative: str = "",
+            steps: int = 20, cfg: float = 5.0, sampler: str = "euler", scheduler: str = "normal",
+            seed: int = 0, checkpoint: str = BASE_CHECKPOINT, filename_prefix: str = "img2img", *,
+            registry: NodeRegistry | None = None) -> Graph:
+    """Image to image: encode an input image and resample it partially (lower denoise keeps more of it)."""
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    pixels = g.LoadImage(image=image).IMAGE
+    latent = g.VAEEncode(pixels=pixels, vae=vae)
+    sampled = g.KSampler(model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler,
+                         positive=positive, negative=negative_cond, latent_image=latent, denoise=denoise)
+    _decode_and_save(g, sampled[0], vae, filename_prefix)
+    return g
+
+
+def inpaint(prompt: str, image: str = "inpaint_image.png", mask: str = "inpaint_mask.png", denoise: float = 1.0,
+            negative: str = "", steps: int = 20, cfg: float = 5.0, sampler: str = "euler",
+            scheduler: str = "normal", seed: int = 0, checkpoint: str = BASE_CHECKPOINT,
+            filename_prefix: str = "inpaint", *, registry: NodeRegistry | None = None) -> Graph:
+    """Inpaint with the base model: only the masked area (white in the mask image) is resampled."""
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    pixels = g.LoadImage(image=image).IMAGE
+    mask_out = g.LoadImageMask(image=mask, channel="red")
+    latent = g.SetLatentNoiseMask(samples=g.VAEEncode(pixels=pixels, vae=vae), mask=mask_out)
+    sampled = g.KSampler(model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler,
+                         positive=positive, negative=negative_cond, latent_image=latent, denoise=denoise)
+    _decode_and_save(g, sampled[0], vae, filename_prefix)
+    return g
+
+
+def _inpaint_model_sampling(g: Graph, model: OutputRef, vae: OutputRef, positive: OutputRef,
+                            negative: OutputRef, pixels: OutputRef, mask: OutputRef, method: str,
+                            grow_mask_by: int, sampling: dict) -> OutputRef:
+    """KSampler of a 9-channel inpaint model, prepared by VAEEncodeForInpaint or InpaintModelConditioning."""
+    if method == "conditioning":
+        prepared = g.InpaintModelConditioning(positive=positive, negative=negative, vae=vae, pixels=pixels,
+                                              mask=mask, noise_mask=True)
+        positive, negative, latent = prepared.positive, prepared.negative, prepared.latent
+    else:
+        latent = g.VAEEncodeForInpaint(pixels=pixels, vae=vae, mask=mask, grow_mask_by=grow_mask_by)[0]
+    return g.KSampler(model=model, positive=positive, negative=negative, latent_image=latent, denoise=1.0,
+                      **sampling)[0]
+
+
+def inpaint_model(prompt: str, image: str = "inpaint_image.png", mask: str = "inpaint_mask.png",
+                  method: Literal["encode", "conditioning"] = "encode", grow_mask_by: int = 6, negative: str = "",
+                  steps: int = 20, cfg: float = 5.0, sampler: str = "euler", scheduler: str = "normal",
+                  seed: int = 0, checkpoint: str = INPAINT_CHECKPOINT, filename_prefix: str = "inpaint_model", *,
+                  registry: NodeRegistry | None = None) -> Graph:
+    """Inpaint with a 9-channel inpaint model; method "encode" uses VAEEncodeForInpaint, "conditioning" uses
+    InpaintModelConditioning (keeps the original latent under the mask as the start point)."""
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    pixels = g.LoadImage(image=image).IMAGE
+    mask_out = g.LoadImageMask(image=mask, channel="red")[0]
+    sampling = dict(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler)
+    sampled = _inpaint_model_sampling(g, model, vae, positive, negative_cond, pixels, mask_out, method,
+                                      grow_mask_by, sampling)
+    _decode_and_save(g, sampled, vae, filename_prefix)
+    return g
+
+
+def outpaint(prompt: str, image: str = "outpaint_image.png", left: int = 0, top: int = 0, right: int = 32,
+             bottom: int = 0, feathering: int = 8, grow_mask_by: int = 4, negative: str = "", steps: int = 20,
+             cfg: float = 5.0, sampler: str = "euler", scheduler: str = "normal", seed: int = 0,
+             checkpoint: str = INPAINT_CHECKPOINT, filename_prefix: str = "outpaint", *,
+             registry: NodeRegistry | None = None) -> Graph:
+    """Outpaint: pad the image (grey) on the chosen sides and let the inpaint model fill the new area."""
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    padded = g.ImagePadForOutpaint(image=g.LoadImage(image=image).IMAGE, left=left, top=top, right=right,
+                                   bottom=bottom, feathering=feathering)
+    sampling = dict(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler)
+    sampled = _inpaint_model_sampling(g, model, vae, positive, negative_cond, padded.IMAGE, padded.MASK, "encode",
+                                      grow_mask_by, sampling)
+    _decode_and_save(g, sampled, vae, filename_prefix)
+    return g
+
+
+def depth2img(prompt: str, depth_image: str = "depth_map.png", init_image: str | None = None,
+              denoise: float = 1.0, width: int = 64, height: int = 64, negative: str = "", steps: int = 20,
+              cfg: float = 5.0, sampler: str = "euler", scheduler: str = "normal", seed: int = 0,
+              checkpoint: str = DEPTH_CHECKPOINT, filename_prefix: str = "depth2img", *,
+              registry: NodeRegistry | None = None) -> Graph:
+    """Depth to image with a 5-channel depth model: the depth map (bright = near) fixes the layout. Starts from
+    noise of width x height (the depth map's size), or from `init_image` at `denoise`."""
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    depth = g.LoadImage(image=depth_image, _title="Depth map").IMAGE
+    conditioned = g.ConditioningSetDepth(positive=positive, negative=negative_cond, depth_map=depth)
+    if init_image:
+        latent = g.VAEEncode(pixels=g.LoadImage(image=init_image).IMAGE, vae=vae)[0]
+    else:
+        latent = g.EmptyLatentImage(width=width, height=height, batch_size=1)[0]
+    sampled = g.KSampler(model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler,
+                         positive=conditioned.positive, negative=conditioned.negative, latent_image=latent,
+                         denoise=denoise)
+    _decode_and_save(g, sampled[0], vae, filename_prefix)
+    return g
+
+
+def hires_fix(prompt: str, negative: str = "", width: int = 64, height: int = 64, scale_by: float = 1.5,
+              upscale_method: Literal["nearest-exact", "bilinear", "area", "bicubic", "bislerp"] = "nearest-exact",
+              hires_denoise: float = 0.5, steps: int = 20, hires_steps: int = 10, cfg: float = 5.0,
+              sampler: str = "euler", scheduler: str = "normal", seed: int = 0,
+              checkpoint: str = BASE_CHECKPOINT, filename_prefix: str = "hires_fix", *,
+              registry: NodeRegistry | None = None) -> Graph:
+    """Two-pass generation: sample at width x height, upscale the latent by `scale_by`, then resample it at
+    `hires_denoise` to add detail at the larger size."""
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    common = dict(model=model, cfg=cfg, sampler_name=sampler, scheduler=scheduler, positive=positive,
+                  negative=negative_cond)
+    first = g.KSampler(seed=seed, steps=steps, latent_image=g.EmptyLatentImage(width=width, height=height),
+                       denoise=1.0, _title="KSampler (first pass)", **common)
+    upscaled = g.LatentUpscaleBy(samples=first, upscale_method=upscale_method, scale_by=scale_by)
+    second = g.KSampler(seed=seed, steps=hires_steps, latent_image=upscaled, denoise=hires_denoise,
+                        _title="KSampler (hires pass)", **common)
+    _decode_and_save(g, second[0], vae, filename_prefix)
+    return g
+
+
+def variations(prompt: str, count: int = 4, mode: Literal["batch", "seeds"] = "batch", negative: str = "",
+               width: int = 64, height: int = 64, steps: int = 20, cfg: float = 5.0, sampler: str = "euler",
+               scheduler: str = "normal", seed: int = 0, checkpoint: str = BASE_CHECKPOINT,
+               filename_prefix: str = "variations", *, registry: NodeRegistry | None = None) -> Graph:
+    """Several images of one prompt: one batch of `count` latents ("batch"), or `count` samplers with seeds
+    seed, seed+1, … sharing the loaded model and prompts ("seeds")."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    common = dict(model=model, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, positive=positive,
+                  negative=negative_cond, denoise=1.0)
+    if mode == "batch":
+        latent = g.EmptyLatentImage(width=width, height=height, batch_size=count)
+        _decode_and_save(g, g.KSampler(seed=seed, latent_image=latent, **common)[0], vae, filename_prefix)
+        return g
+    latent = g.EmptyLatentImage(width=width, height=height, batch_size=1)
+    for index in range(count):
+        sampled = g.KSampler(seed=seed + index, latent_image=latent, _title=f"KSampler (seed {seed + index})",
+                             **common)
+        _decode_and_save(g, sampled[0], vae, f"{filename_prefix}_seed{seed + index}")
+    return g
+
+
+def area_composition(prompt: str, regions: list[str], negative: str = "", width: int = 128, height: int = 64,
+                     region_strength: float = 1.0, steps: int = 20, cfg: float = 5.0, sampler: str = "euler",
+                     scheduler: str = "normal", seed: int = 0, checkpoint: str = BASE_CHECKPOINT,
+                     filename_prefix: str = "area_composition", *, registry: NodeRegistry | None = None) -> Graph:
+    """Regional prompting: the image is split into equal columns, left to right, one per entry of `regions`; each
+    column is guided by its own prompt (ConditioningSetArea), combined with the whole-image `prompt`."""
+    if not regions:
+        raise ValueError("regions needs at least one prompt")
+    column = (width // len(regions)) // 8 * 8
+    if column < AREA_MIN:
+        raise ValueError(f"{len(regions)} regions in width {width} give {column}-px columns; areas are at least "
+                         f"{AREA_MIN} px wide, so make width at least {AREA_MIN * len(regions)}")
+    g = _graph(registry)
+    model, clip, vae, combined, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    for index, text in enumerate(regions):
+        encoded = g.CLIPTextEncode(text=text, clip=clip, _title=f"Region {index + 1} prompt")
+        area = g.ConditioningSetArea(conditioning=encoded, width=column, height=height, x=index * column, y=0,
+                                     strength=region_strength)
+        combined = g.ConditioningCombine(conditioning_1=combined, conditioning_2=area)[0]
+    latent = g.EmptyLatentImage(width=width, height=height, batch_size=1)
+    sampled = g.KSampler(model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler,
+                         positive=combined, negative=negative_cond, latent_image=latent, denoise=1.0)
+    _decode_and_save(g, sampled[0], vae, filename_prefix)
+    return g
+
+
+TEMPLATES = {
+    "txt2img": txt2img,
+    "img2img": img2img,
+    "inpaint": inpaint,
+    "inpaint_model": inpaint_model,
+    "outpaint": outpaint,
+    "depth2img": depth2img,
+    "hires_fix": hires_fix,
+    "variations": variations,
+    "area_composition": area_composition,
+}
