@@ -11,17 +11,12 @@ from ..cache import ResultCache
 from ..queue import PromptQueue
 from ..registry import NodeRegistry
 from ..runtime import build_registry
-from . import jobs, routes_files, routes_info, routes_queue, routes_user
+from . import jobs, routes_files, routes_info, routes_queue, routes_user, static
 from .config import ServerConfig
 from .hub import WebSocketHub
 from .security import error_middleware, security_middleware
 from .state import STATE, ServerState
 from .worker import PromptWorker
-
-
-async def index(request: web.Request) -> web.Response:
-    return web.Response(text="graphengine server: ComfyUI-compatible API under /api\n",
-                        headers={"Cache-Control": "no-store"})
 
 
 def create_app(config: ServerConfig, registry: NodeRegistry | None = None, *,
@@ -47,7 +42,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, *,
         module.setup(app)
     app.router.add_get("/ws", hub.handle)
     app.router.add_get("/api/ws", hub.handle)
-    app.router.add_get("/", index)
+    static.setup(app, static.frontend_root())  # last: the editor's web root catches every other path
 
     async def start(app: web.Application) -> None:
         for folder in (config.output_dir, config.input_dir, config.temp_dir, config.user_dir):

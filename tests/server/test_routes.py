@@ -22,7 +22,13 @@ async def test_boot_routes_answer_bare_and_under_api(tmp_path):
             bare = await srv.client.get(route)
             prefixed = await srv.client.get("/api" + route)
             assert bare.status == prefixed.status == 200, route
-            assert await bare.json() == await prefixed.json(), route
+            bare_body, prefixed_body = await bare.json(), await prefixed.json()
+            if route == "/system_stats":  # free memory moves between two calls
+                for body in (bare_body, prefixed_body):
+                    body["system"].pop("ram_free", None)
+                    for device in body["devices"]:
+                        device.pop("vram_free", None), device.pop("torch_vram_free", None)
+            assert bare_body == prefixed_body, route
         info = await (await srv.client.get("/api/object_info")).json()
         slow = info["Slow"]
         for key in ("input", "input_order", "output", "output_is_list", "output_name", "name", "display_name",
