@@ -1,5 +1,6 @@
 """Run by test_comfy_script in its own interpreter (ComfyScript keeps its node classes and watch thread in module
-state): `python comfy_script_job.py URL CHECKPOINT SIZE` prints format and size of the saved images as JSON on the last line."""
+state): `python comfy_script_job.py URL CHECKPOINT SIZE` prints format and size of the saved images as JSON on a line starting with RESULT (ComfyScript's watch thread
+may print around it)."""
 
 import json
 import sys
@@ -19,7 +20,7 @@ def main(url: str, checkpoint: str, size: int) -> None:
         latent = nodes.KSampler(model, 5, 2, 7.0, "euler", "normal", positive, negative, latent, 1.0)
         result = nodes.SaveImage(nodes.VAEDecode(latent, vae), "comfyscript")
     images = result.wait().wait()  # NodeOutput -> ImageBatchResult -> PIL images fetched through /view
-    print(json.dumps([{"format": image.format, "size": list(image.size)} for image in images]), flush=True)
+    print("RESULT " + json.dumps([{"format": image.format, "size": list(image.size)} for image in images]), flush=True)
 
 
 if __name__ == "__main__":

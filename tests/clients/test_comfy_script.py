@@ -23,5 +23,7 @@ def test_comfy_script_workflow_saves_the_png(server_url):
     done = subprocess.run([sys.executable, str(JOB), server_url, CHECKPOINT, str(IMAGE_SIZE)], env=env,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    images = json.loads(done.stdout.strip().splitlines()[-1])
+    results = [line[len("RESULT "):] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, done.stdout[-3000:] + done.stderr[-3000:]
+    images = json.loads(results[-1])
     assert images == [{"format": "PNG", "size": [IMAGE_SIZE, IMAGE_SIZE]}]
