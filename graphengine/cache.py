@@ -86,7 +86,8 @@ class ResultCache:
                 self._total -= old.size
             self._entries[key] = entry
             self._total += entry.size
-            self.evict(protected={key, *protected})
+            if self._total > self.max_bytes:
+                self.evict(protected={key, *protected})
 
     def evict(self, protected: Iterable[str] = ()) -> None:
         keep = set(protected)
@@ -112,6 +113,9 @@ def _reject(value: Any) -> Any:
     raise _Uncacheable(type(value).__name__)
 
 
+_PRIMITIVES = (int, float, str, bool)
+
+
 def _fingerprint_text(value: Any) -> str:
     if isinstance(value, float) and math.isnan(value):
         raise _Uncacheable("NaN fingerprint")
@@ -125,7 +129,7 @@ def compute_signatures(nodes: dict[str, NodeCall], order: list[str], services: A
     for node_id in order:
         call = nodes[node_id]
         schema = call.schema
-        parts: list[Any] = [call.class_type]
+        parts: list[str] = [call.class_type]
         try:
             if schema.has_fingerprint:
                 constants = {k: v for k, v in call.inputs.items() if not isinstance(v, Link)}
@@ -136,12 +140,16 @@ def compute_signatures(nodes: dict[str, NodeCall], order: list[str], services: A
                 except Exception as exc:  # noqa: BLE001 - a failing hook means "always re-run", as in ComfyUI
                     raise _Uncacheable(str(exc)) from exc
             if schema.not_idempotent:
-                parts.append(["node", node_id])
+                parts.append(f"node={node_id!r}")
             for name in sorted(call.inputs):
                 value = call.inputs[name]
-                parts.append([name, ["@link", signatures[value.node_id], value.slot]] if isinstance(value, Link)
-                             else [name, value])
-            text = json.dumps(parts, sort_keys=True, default=_reject)
+                if isinstance(value, Link):
+                    parts.append(f"{name}=@{signatures[value.node_id]}:{value.slot}")
+                elif value is None or type(value) in _PRIMITIVES:
+                    parts.append(f"{name}={value!r}")  # repr keeps 1, 1.0, True and '1' apart
+                else:
+                    parts.append(f"{name}=" + json.dumps(value, sort_keys=True, default=_reject))
+            text = "\x1f".join(parts)
         except _Uncacheable:
             text = f"uncacheable:{uuid.uuid4().hex}"
         signatures[node_id] = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .cache import CacheEntry, ResultCache, compute_signatures
@@ -59,10 +60,14 @@ class _Run:
         self.prompt_id = prompt_id
         self.extra_data = extra_data
         self.cancel = cancel
-        self.api_prompt = prompt.api_prompt()
         self.signatures = compute_signatures(prompt.nodes, list(prompt.nodes), executor.registry.services)
         self.values: dict[str, list[list[Any]]] = {}
         self.result = ExecutionResult(prompt_id, "success", node_errors=prompt.node_errors)
+
+    @cached_property
+    def api_prompt(self) -> dict[str, Any]:
+        """The coerced API prompt handed to nodes (SaveImage embeds it); a fully cached run never builds it."""
+        return self.prompt.api_prompt()
 
     def emit(self, event: Event, record: bool = False) -> None:
         if record:
