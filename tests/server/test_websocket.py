@@ -230,3 +230,47 @@ async def test_reconnect_replaces_socket_and_unknown_frames_are_ignored(tmp_path
         msg = await first.receive(timeout=5)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
         await second.close()
+
+
+@async_test
+async def test_100_prompts_10_clients_one_never_reads(tmp_path):
+    """Nine reading clients and one that never reads share 100 prompts: every reader gets every event of its own
+    prompts, in order, ending with `executing {node: null}`, and none of another client's."""
+    async with serve(tmp_path) as srv:
+        stuck = await _stuck_client(srv.client.server.port, "stuck")
+        readers = {f"reader{i}": await srv.ws(f"reader{i}") for i in range(9)}
+        for ws in readers.values():
+            assert (await receive_json(ws))["type"] == "status"
+        owners: dict[str, str] = {}
+        for n in range(100):
+            client_id = "stuck" if n % 10 == 9 else f"reader{n % 10}"
+            posted = await srv.post_prompt(chain(value=n, steps=2, tag=f"p{n}"), client_id=client_id)
+            owners[posted["prompt_id"]] = client_id
+
+        async def collect(client_id: str, ws) -> dict[str, list[str]]:
+            mine = {pid for pid, owner in owners.items() if owner == client_id}
+            seen: dict[str, list[str]] = {}
+            done: set[str] = set()
+            while done != mine:
+                message = await receive_json(ws)
+                data = message["data"]
+                if message["type"] == "status":
+                    continue
+                pid = data.get("prompt_id")
+                assert pid in mine, (client_id, message)  # never another client's events
+                seen.setdefault(pid, []).append(message["type"])
+                if message["type"] == "executing" and data.get("node") is None:
+                    done.add(pid)
+            return seen
+
+        results = await asyncio.gather(*(collect(cid, ws) for cid, ws in readers.items()))
+        expected = ["execution_start", "execution_cached", "executing", "executing", "progress", "progress",
+                    "executing", "executed", "execution_success", "executing"]
+        for seen in results:
+            assert len(seen) == 10 and all(types_ == expected for types_ in seen.values()), seen
+        for pid, owner in owners.items():
+            if owner == "stuck":
+                assert (await srv.wait_history(pid))["status"]["status_str"] == "success"
+        stuck.close()
+        for ws in readers.values():
+            await ws.close()
