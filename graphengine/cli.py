@@ -121,7 +121,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     registry = build_registry(config)
     prompt, extra_pnginfo = _load(args, registry)
+    if args.server:
+        return submit_to_server(args.server, prompt, extra_pnginfo, args)
     return run_prompt(prompt, extra_pnginfo, registry, config, args)
+
+
+def submit_to_server(url: str, prompt: Any, extra_pnginfo: dict[str, Any], args: argparse.Namespace) -> int:
+    """POST the (converted) prompt to a ComfyUI-compatible server, wait for it, print the images' /view URLs."""
+    from urllib.parse import urlencode
+
+    from .script import SubmitError, submit_prompt
+    try:
+        entry = submit_prompt(url, prompt, extra_data={"extra_pnginfo": extra_pnginfo} if extra_pnginfo else None,
+                              timeout=args.timeout)
+    except SubmitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_EXECUTION if isinstance(exc.body, dict) and "status" in exc.body else EXIT_INVALID
+    except (OSError, TimeoutError) as exc:
+        print(f"error: {url}: {exc}", file=sys.stderr)
+        return EXIT_EXECUTION
+    for ui in (entry.get("outputs") or {}).values():
+        for image in ui.get("images", []) if isinstance(ui, dict) else []:
+            query = urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
+            print(f"{url.rstrip('/')}/view?{query}")
+    if args.json:
+        print(json.dumps({"outputs": entry.get("outputs", {})}))
+    return EXIT_OK
 
 
 def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistry, config: RuntimeConfig,
@@ -334,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--json", action="store_true", help="also print the UI outputs as JSON")
     run.add_argument("--traceback", action="store_true", help="print the node's traceback on failure")
+    run.add_argument("--server", metavar="URL", help="queue it on a ComfyUI-compatible server instead of running here")
+    run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the server (with --server)")
     common(run)
     run.set_defaults(func=cmd_run)
 

@@ -7,7 +7,7 @@ Stages (each resumable; each writes a diffusers folder with save_pretrained into
   inpaint  9-ch UNet fine-tuned from base: input [noisy latent 4, mask 1, masked-image latent 4]
   depth    5-ch UNet fine-tuned from base: input [noisy latent 4, depth 1 (latent size, [-1, 1])]
 
-Example:  python tools/train_demo_model.py --out build/demo --steps vae=1000 base=2200   (or --steps 5 for a smoke run)
+Example:  python tools/train_demo_model.py --out build/demo --steps vae=1800 base=2200   (or --steps 5 for a smoke run)
 Training state (weights, EMA, optimizer, step) is checkpointed to OUT/ckpt/<stage>.pt; rerunning the
 same command resumes. Every checkpoint also exports the EMA weights, so an interrupted stage still
 leaves a usable model. All randomness is derived from (--seed, stage, step), so a resumed run sees
@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
@@ -46,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_DIR = REPO_ROOT / "nodes" / "configs" / "tokenizer"
 STAGES = ("vae", "base", "inpaint", "depth")
 STAGE_IDS = {name: i + 1 for i, name in enumerate(STAGES)}
-DEFAULT_STEPS = {"vae": 1000, "base": 2200, "inpaint": 300, "depth": 360}  # ~100 min on one shared core
+DEFAULT_STEPS = {"vae": 1800, "base": 2200, "inpaint": 300, "depth": 360}  # ~100-120 min on one shared core
 CACHE_SCENES = 16384
 LATENT_SCALE = 8
 
@@ -252,7 +253,7 @@ def run_stage(ctx: dict, stage: str, modules: dict, param_groups: list, step_los
     optimizer = torch.optim.AdamW(param_groups, lr=plan["lr"], weight_decay=plan.get("weight_decay", 0.01))
     start, history = 0, []
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=ctx["device"], weights_only=False)
+        state = torch.load(ckpt_path, map_location=ctx["device"], weights_only=True)
         for name in modules:
             modules[name].load_state_dict(state["modules"][name])
             ema_modules[name].load_state_dict(state["ema"][name])
@@ -360,14 +361,19 @@ def load_vae(ctx: dict):
     return AutoencoderKL.from_pretrained(ctx["out"] / "vae").to(ctx["device"]).requires_grad_(False).eval()
 
 
+def scene_from_json(data: dict) -> "sd.SceneSpec":
+    return sd.SceneSpec(tuple(sd.ShapeSpec(**o) for o in data["objects"]), data.get("background"))
+
+
 def build_latent_cache(ctx: dict, vae) -> dict:
     """Encode the training scenes once: posterior mean/std (fp16), depth maps, scene specs, render seeds."""
     path = ctx["out"] / "cache" / "latents.pt"
     fingerprint = float(sum(p.double().sum() for p in vae.parameters()))
     count = ctx["cache_scenes"]
     if path.exists():
-        cache = torch.load(path, weights_only=False)
+        cache = torch.load(path, weights_only=True)  # tensors and plain values only: scenes are stored as JSON
         if cache.get("vae_fingerprint") == fingerprint and cache["mean"].shape[0] == count and "seeds" in cache:
+            cache["scenes"] = [scene_from_json(s) for s in json.loads(cache["scenes"])]
             return cache
     path.parent.mkdir(parents=True, exist_ok=True)
     started, means, stds, depths, scenes, seeds = time.perf_counter(), [], [], [], [], []
@@ -383,8 +389,10 @@ def build_latent_cache(ctx: dict, vae) -> dict:
         scenes.extend(batch_scenes)
         seeds.extend(batch_seeds)
     cache = {"vae_fingerprint": fingerprint, "mean": torch.cat(means), "std": torch.cat(stds),
-             "depth": torch.cat(depths), "scenes": scenes, "seeds": seeds}
+             "depth": torch.cat(depths), "scenes": json.dumps([dataclasses.asdict(s) for s in scenes]),
+             "seeds": seeds}
     save_atomic(cache, path)
+    cache["scenes"] = scenes
     log(ctx, f"[cache] encoded {count} scenes in {time.perf_counter() - started:.0f} s")
     return cache
 

@@ -71,3 +71,45 @@ def test_submit_raises_when_the_prompt_fails_on_the_server(server_url):
     g.ShowValue(value=g.Fail(message="no good"))
     with pytest.raises(SubmitError, match=r"failed: Fail \(node 1\): no good"):
         g.submit(server_url, timeout=60, poll_interval=0.05)
+
+
+def _ui_workflow(value: int) -> dict:
+    def node(id, type, inputs, outputs, widgets):
+        return {"id": id, "type": type, "mode": 0, "inputs": inputs, "outputs": outputs, "widgets_values": widgets}
+
+    return {"nodes": [node(1, "Number", [], [{"name": "value", "type": "INT", "links": [1]}], [value]),
+                      node(2, "ShowValue", [{"name": "value", "type": "*", "link": 1}], [], [])],
+            "links": [[1, 1, 0, 2, 0, "INT"]], "version": 0.4}
+
+
+def test_cli_run_server_accepts_api_ui_and_png_workflows(server_url, tmp_path, monkeypatch, capsys):
+    import json
+    import struct
+    import zlib
+
+    from graphengine.cli import main
+
+    monkeypatch.setenv("GRAPHENGINE_NODE_PACKS", "graphengine.examples:register")
+    ui_path = tmp_path / "ui.json"
+    ui_path.write_text(json.dumps(_ui_workflow(3)))
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png_path = tmp_path / "saved.png"  # a PNG carrying only a `workflow` (UI-format) chunk
+    png_path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) +
+                         chunk(b"tEXt", b"workflow\0" + json.dumps(_ui_workflow(5)).encode()) + chunk(b"IEND", b""))
+    api_path = tmp_path / "api.json"
+    api_path.write_text(json.dumps({"1": {"class_type": "Number", "inputs": {"value": 7}},
+                                    "2": {"class_type": "ShowValue", "inputs": {"value": ["1", 0]}}}))
+    for path, expected in [(ui_path, "3"), (png_path, "5"), (api_path, "7")]:
+        assert main(["run", str(path), "--server", server_url, "--json", "--timeout", "60"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["outputs"]["2"] == {"text": [expected]}
+    api_path.write_text(json.dumps({"1": {"class_type": "Number", "inputs": {"value": 2**40}},
+                                    "2": {"class_type": "ShowValue", "inputs": {"value": ["1", 0]}}}))
+    assert main(["run", str(api_path), "--server", server_url]) == 2  # refused by the server's validation
+    assert "HTTP 400" in capsys.readouterr().err
+    api_path.write_text(json.dumps({"1": {"class_type": "Fail", "inputs": {"message": "nope"}},
+                                    "2": {"class_type": "ShowValue", "inputs": {"value": ["1", 0]}}}))
+    assert main(["run", str(api_path), "--server", server_url]) == 1
+    assert "nope" in capsys.readouterr().err
