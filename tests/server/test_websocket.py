@@ -195,7 +195,7 @@ async def _stuck_client(port: int, client_id: str):
 
 @async_test
 async def test_a_stuck_client_does_not_stall_a_reading_one(tmp_path):
-    async with serve(tmp_path, ws_queue_limit=16, ws_send_timeout=60) as srv:
+    async with serve(tmp_path, ws_queue_limit=64, ws_send_timeout=60) as srv:
         port = srv.client.server.port
         stuck = await _stuck_client(port, "stuck")
         reader = await srv.ws("reader")
