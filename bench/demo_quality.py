@@ -33,7 +33,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -193,13 +193,25 @@ def evaluate_txt2img(engine: DemoEngine, scenes: list, seeds: int, sampler: str)
     return summarize(scores), images
 
 
-def evaluate_repaint(engine: DemoEngine, variant: str, scenes: list, sampler: str) -> dict:
-    """Mask each scene's object, ask for it back; scorer on the result plus the kept region's error."""
+def reversed_order(scene):
+    """The scene with its objects named in the other order (the caption then starts with the right/bottom one)."""
+    return sd.SceneSpec(tuple(reversed(scene.objects)), scene.background)
+
+
+def without_positions(scene):
+    """The scene's caption spec with every position phrase left out."""
+    return sd.SceneSpec(tuple(replace(o, position=None) for o in scene.objects), scene.background)
+
+
+def evaluate_repaint(engine: DemoEngine, variant: str, scenes: list, sampler: str, unplaced: bool = False) -> dict:
+    """Mask each scene's object, ask for it back; scorer on the result plus the kept region's error.
+    depth: generate from the scene's depth map (with `unplaced`, from a prompt without position words)."""
     scores, kept, changed = [], [], []
     for index, scene in enumerate(scenes):
         target, mask = reference(scene), object_mask(scene)
         if variant == "depth":
-            image = depth_image(engine, sd.caption(scene), sd.render(scene)[1], seed=2000 + index, sampler=sampler)
+            prompt = sd.caption(without_positions(scene) if unplaced else scene)
+            image = depth_image(engine, prompt, sd.render(scene)[1], seed=2000 + index, sampler=sampler)
         else:
             image = inpaint_image(engine, variant, sd.caption(scene), target, mask, seed=2000 + index,
                                   sampler=sampler)
@@ -220,6 +232,8 @@ def evaluate_models(models_dir: Path, count: int | None, seeds: int, inpaint_cou
         started = time.perf_counter()
         results["single"], _ = evaluate_txt2img(engine, singles, seeds, sampler)
         results["pairs"], _ = evaluate_txt2img(engine, pairs, seeds, sampler)
+        results["pairs, right/bottom object named first"], _ = evaluate_txt2img(
+            engine, [reversed_order(s) for s in pairs], seeds, sampler)
         repaint_scenes = held_out_split(inpaint_count)[0]
         results["inpaint (base, SetLatentNoiseMask)"] = evaluate_repaint(engine, "base", repaint_scenes, sampler)
         if engine.has("inpaint"):
@@ -227,6 +241,8 @@ def evaluate_models(models_dir: Path, count: int | None, seeds: int, inpaint_cou
                                                                               sampler)
         if engine.has("depth"):
             results["depth2img"] = evaluate_repaint(engine, "depth", repaint_scenes, sampler)
+            results["depth2img, no position words"] = evaluate_repaint(engine, "depth", repaint_scenes, sampler,
+                                                                       unplaced=True)
         results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 

@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,7 @@ def _references(scenes: list) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def evaluate_vae(vae, ctx: dict, step: int) -> None:
+def evaluate_vae(vae, ctx: dict, step: int, stage: str = "vae") -> None:
     scenes = eval_scenes(ctx["eval_prompts"])
     references = _references(scenes)
     pixels = torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -146,8 +147,8 @@ def evaluate_vae(vae, ctx: dict, step: int) -> None:
     images = _to_uint8(((recon + 1) / 2).permute(0, 2, 3, 1).cpu().numpy())
     mae = float(np.mean([np.abs(a.astype(float) - b) for a, b in zip(images, references)]))
     summary = sd.summarize([sd.score(image, scene) for image, scene in zip(images, scenes)])
-    _record(ctx, "vae", step, summary, {"mae_255": round(mae, 2), "scaling_factor": vae.config.scaling_factor})
-    save_grid([references, images], ctx["out"] / "vae" / "samples.png")
+    _record(ctx, stage, step, summary, {"mae_255": round(mae, 2), "scaling_factor": vae.config.scaling_factor})
+    save_grid([references, images], ctx["out"] / stage / "samples.png")
 
 
 @torch.no_grad()
@@ -204,6 +205,12 @@ def evaluate_depth(pipeline, ctx: dict, step: int) -> None:
                       guidance_scale=GUIDANCE, generator=_generators(len(scenes)), output_type="np")
     images = _to_uint8(result.images)
     summary = sd.summarize([sd.score(image, scene) for image, scene in zip(images, scenes)])
-    _record(ctx, "depth", step, summary)
+    # Same depth maps, captions without position words: only the depth map can place the objects.
+    unplaced = [sd.SceneSpec(tuple(replace(o, position=None) for o in s.objects), s.background) for s in scenes]
+    result = pipeline([sd.caption(s) for s in unplaced], image=[gray] * len(scenes),
+                      depth_map=torch.from_numpy(np.stack(depths)), strength=1.0, num_inference_steps=SAMPLE_STEPS,
+                      guidance_scale=GUIDANCE, generator=_generators(len(scenes)), output_type="np")
+    placed = sd.summarize([sd.score(image, scene) for image, scene in zip(_to_uint8(result.images), scenes)])
+    _record(ctx, "depth", step, summary, {"pos_ok_from_depth_only": round(placed["pos_ok"], 4)})
     depth_pictures = [np.repeat((d[..., None] * 255).astype(np.uint8), 3, axis=2) for d in depths]
     save_grid([_references(scenes), depth_pictures, images], ctx["out"] / "depth" / "samples.png")

@@ -34,7 +34,7 @@ WORKFLOWS: dict[str, tuple[str, dict[str, Any]]] = {
     "outpaint": ("outpaint", {
         "prompt": "a large green square on the left and a small red circle on the right on a white background"}),
     "depth2img": ("depth2img", {
-        "prompt": "a large yellow circle at the bottom and a small green square at the top on a purple background"}),
+        "prompt": "a small green square at the top and a large yellow circle at the bottom on a purple background"}),
     "hires_fix": ("hires_fix", {"prompt": "a large orange triangle in the center on a black background"}),
     "variations": ("variations", {"prompt": "a small purple square at the top on a yellow background"}),
     "variations_seeds": ("variations", {"prompt": "a small purple square at the top on a yellow background",

@@ -3,7 +3,11 @@
 
 Stages (each resumable; each writes a diffusers folder with save_pretrained into OUT/<stage>/):
   vae      AutoencoderKL, 64x64x3 -> 8x8x4, scaling_factor = 1/std of sampled latents
-  base     UNet2DConditionModel (4 ch) + CLIPTextModel, epsilon, SD scaled-linear schedule, 10% empty prompts
+  decoder  the VAE decoder fine-tuned alone (encoder frozen, so the latent space and every UNet trained on it
+           stay valid) with object pixels weighted up: sharper outlines, so shapes survive decoding. Its result
+           replaces OUT/vae and the vae/ of any stage folder already trained.
+  base     UNet2DConditionModel (4 ch) + CLIPTextModel, epsilon, SD scaled-linear schedule, 10% empty prompts,
+           attribute words dropped at random, two-object captions naming their objects in either order
   inpaint  9-ch UNet fine-tuned from base: input [noisy latent 4, mask 1, masked-image latent 4]
   depth    5-ch UNet fine-tuned from base: input [noisy latent 4, depth 1 (latent size, [-1, 1])]
 
@@ -12,11 +16,12 @@ Conditioning conventions (those of diffusers' SD inpaint / depth2img pipelines, 
            before VAE encoding; its latent is multiplied by scaling_factor. The mask is resized to latent
            size with nearest, bilinear or area at random during training, so any engine's resize works.
   depth    renderer "nearness" map (1 = near), bicubic-resized to latent size, then min-max normalized
-           per image to [-1, 1]. The inpaint/depth variants keep the base text encoder and VAE frozen.
+           per image to [-1, 1]; 70% of its captions lose their position words, so the depth map has to
+           place the objects. The inpaint/depth variants keep the base text encoder and VAE frozen.
   Load the depth folder with StableDiffusionDepth2ImgPipeline.from_pretrained(path,
   depth_estimator=None, feature_extractor=None): no depth estimator ships with the demo model.
 
-Example:  python tools/train_demo_model.py --out build/demo --steps vae=1800 base=2200   (or --steps 5 for a smoke run)
+Example:  python tools/train_demo_model.py --out build/demo --threads 2   (the default step counts; --steps 5 for a smoke run)
 Training state (weights, EMA, optimizer, step) is checkpointed to OUT/ckpt/<stage>.pt; rerunning the
 same command resumes. Every checkpoint also exports the EMA weights, so an interrupted stage still
 leaves a usable model. All randomness is derived from (--seed, stage, step), so a resumed run sees
@@ -54,12 +59,15 @@ import shapes_data as sd  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_DIR = REPO_ROOT / "nodes" / "configs" / "tokenizer"
-STAGES = ("vae", "base", "inpaint", "depth")
-STAGE_IDS = {name: i + 1 for i, name in enumerate(STAGES)}
-DEFAULT_STEPS = {"vae": 1800, "base": 2200, "inpaint": 300, "depth": 360}  # ~100-120 min on one shared core
+STAGES = ("vae", "decoder", "base", "inpaint", "depth")
+STAGE_IDS = {"vae": 1, "base": 2, "inpaint": 3, "depth": 4, "decoder": 5}  # seeds data per stage: never renumber
+DEFAULT_STEPS = {"vae": 1800, "decoder": 1500, "base": 6000, "inpaint": 450, "depth": 800}
+DOWNSTREAM_STAGES = ("base", "inpaint", "depth")
 CACHE_SCENES = 16384
 LATENT_SCALE = 8
 OBJECT_LOSS_WEIGHT = 3.0  # extra VAE reconstruction weight on object pixels
+DEPTH_POSITION_DROP = 0.7  # depth stage: fraction of captions without position words
+DECODER_OBJECT_WEIGHT = 8.0  # decoder stage: object pixels weigh more still (their outlines carry the shape)
 
 
 # ----------------------------------------------------------------------------- model builders
@@ -193,9 +201,15 @@ def latent_mask(mask: torch.Tensor, mode: str) -> torch.Tensor:
     return F.interpolate(mask, size=size, mode=mode)
 
 
-def prompt_for(scene, rng: random.Random, empty_probability: float = 0.1) -> str:
-    """Training caption: attribute dropout, and an empty prompt 10% of the time (for CFG)."""
-    return "" if rng.random() < empty_probability else sd.caption(sd.drop_attributes(scene, rng))
+def prompt_for(scene, rng: random.Random, empty_probability: float = 0.1, p_position: float = 0.2) -> str:
+    """Training caption: attribute dropout, objects named in either order, and an empty prompt 10% of the time
+    (for CFG). Scenes list the left/top object first; without the shuffle the model learns that the first-named
+    object goes left or up whatever the position words say."""
+    if rng.random() < empty_probability:
+        return ""
+    if len(scene.objects) > 1 and rng.random() < 0.5:
+        scene = sd.SceneSpec(tuple(reversed(scene.objects)), scene.background)
+    return sd.caption(sd.drop_attributes(scene, rng, p_position=p_position))
 
 
 class PromptEncoder:
@@ -368,6 +382,48 @@ def train_vae(ctx: dict, steps: int) -> None:
     run_stage(ctx, "vae", {"vae": vae}, [{"params": list(vae.parameters())}], step_loss, export, plan)
 
 
+def train_decoder(ctx: dict, steps: int) -> None:
+    """Sharpen the VAE decoder with the encoder frozen: latents (and every UNet trained on them) stay valid."""
+    vae = load_vae(ctx)
+    device = ctx["device"]
+    decoder = torch.nn.ModuleDict({"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv})
+    decoder.requires_grad_(True).train()
+
+    def step_loss(step):
+        rng, gen = step_generators(ctx["seed"], "decoder", step)
+        _, _, pixels, depth = render_batch(rng, ctx["vae_batch"], ctx["held_out"])
+        pixels = pixels.to(device)
+        weights = 1.0 + DECODER_OBJECT_WEIGHT * torch.from_numpy(depth > 0).float()[:, None].to(device)
+        with torch.no_grad():
+            posterior = vae.encode(pixels).latent_dist
+            latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx["vae_bf16"]):
+            recon = vae.decode(latents).sample.float()
+        diff = recon - pixels
+        edge = ((weights[..., 1:] * (recon.diff(dim=-1) - pixels.diff(dim=-1)).abs()).mean()
+                + (weights[..., 1:, :] * (recon.diff(dim=-2) - pixels.diff(dim=-2)).abs()).mean())
+        return (weights * diff.abs()).mean() + (weights * diff.pow(2)).mean() + edge
+
+    def export(ema, done):
+        model = copy.deepcopy(vae)
+        model.decoder.load_state_dict(ema["decoder"]["decoder"].state_dict())
+        model.post_quant_conv.load_state_dict(ema["decoder"]["post_quant_conv"].state_dict())
+        model.eval()
+        demo_eval.evaluate_vae(model, ctx, done, stage="decoder")
+        if done == steps:  # the encoder is unchanged, so trained downstream stages take the new decoder as is
+            for folder in [ctx["out"] / "vae"] + [ctx["out"] / s / "vae" for s in DOWNSTREAM_STAGES]:
+                if folder.is_dir():
+                    model.save_pretrained(folder)
+
+    plan = {"steps": steps, "lr": 3e-4, "warmup": 50, "ema": 0.998, "weight_decay": 0.0}
+    run_stage(ctx, "decoder", {"decoder": decoder}, [{"params": list(decoder.parameters())}], step_loss, export, plan)
+
+
+def encoder_fingerprint(vae) -> float:
+    """Identifies the latent space: the encoder side only, so a decoder fine-tune keeps cached latents."""
+    return float(sum(p.double().sum() for module in (vae.encoder, vae.quant_conv) for p in module.parameters()))
+
+
 def load_vae(ctx: dict):
     from diffusers import AutoencoderKL
 
@@ -381,7 +437,7 @@ def scene_from_json(data: dict) -> "sd.SceneSpec":
 def build_latent_cache(ctx: dict, vae) -> dict:
     """Encode the training scenes once: posterior mean/std (fp16), depth maps, scene specs, render seeds."""
     path = ctx["out"] / "cache" / "latents.pt"
-    fingerprint = float(sum(p.double().sum() for p in vae.parameters()))
+    fingerprint = encoder_fingerprint(vae)
     count = ctx["cache_scenes"]
     if path.exists():
         cache = torch.load(path, weights_only=True)  # tensors and plain values only: scenes are stored as JSON
@@ -504,7 +560,8 @@ def train_depth(ctx: dict, steps: int) -> None:
         rng, gen = step_generators(ctx["seed"], "depth", step)
         latents, index = cached_batch(ctx, cache, rng, gen, ctx["unet_batch"])
         with torch.no_grad():
-            hidden = encoder([prompt_for(cache["scenes"][i], rng) for i in index])
+            # Position words are mostly dropped: the depth map, not the caption, must say where objects go.
+            hidden = encoder([prompt_for(cache["scenes"][i], rng, p_position=DEPTH_POSITION_DROP) for i in index])
         condition = depth_condition(cache["depth"][index]).to(ctx["device"])
         return denoising_loss(unet, scheduler, latents, condition, hidden, gen)
 
@@ -579,7 +636,8 @@ def main(argv=None) -> None:
     steps = parse_steps(args.steps)
     stages = [s for s in STAGES if s in args.stages.split(",")]
     log(ctx, f"device {device}, threads {args.threads}, seed {args.seed}, steps {steps}, stages {stages}")
-    trainers = {"vae": train_vae, "base": train_base, "inpaint": train_inpaint, "depth": train_depth}
+    trainers = {"vae": train_vae, "decoder": train_decoder, "base": train_base, "inpaint": train_inpaint,
+                "depth": train_depth}
     for stage in stages:
         if stage_is_done(ctx, stage, steps[stage]):
             log(ctx, f"[{stage}] already trained for {steps[stage]} steps, skipping")
