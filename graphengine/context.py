@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ class ExecutionContext:
     cancel: CancelToken
     prompt: dict[str, Any] = field(default_factory=dict)
     extra_data: dict[str, Any] = field(default_factory=dict)
+    on_progress: Callable[[int, int], None] | None = None
 
     @property
     def extra_pnginfo(self) -> dict[str, Any] | None:
@@ -52,5 +54,7 @@ class ExecutionContext:
         """Report progress (e.g. one sampler step); raises Interrupted if the prompt was cancelled."""
         self.cancel.raise_if_cancelled()
         self.events.emit(Progress(self.prompt_id, node=self.node_id, value=int(value), max=int(total)))
+        if self.on_progress is not None:
+            self.on_progress(int(value), int(total))
         if preview is not None:
             self.events.emit(ProgressPreview(self.prompt_id, node=self.node_id, image=preview))

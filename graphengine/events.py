@@ -65,6 +65,17 @@ class Progress(Event):
 
 
 @dataclass(frozen=True)
+class ProgressState(Event):
+    """Every node of the prompt that has started (`running` or `finished`), sent whenever one of them changes."""
+
+    type: ClassVar[str] = "progress_state"
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def data(self) -> dict[str, Any]:
+        return {"prompt_id": self.prompt_id, "nodes": self.nodes}
+
+
+@dataclass(frozen=True)
 class ProgressPreview(Event):
     """A preview image (any object the node layer understands, e.g. a PIL image) sent as a binary frame."""
 

@@ -11,7 +11,7 @@ from typing import Any
 from .cache import CacheEntry, ResultCache, compute_signatures
 from .context import CancelToken, ExecutionContext, Interrupted
 from .events import (Event, EventHub, Executed, ExecutionCached, ExecutionError, ExecutionInterrupted, Executing,
-                     ExecutionStart, ExecutionSuccess)
+                     ExecutionStart, ExecutionSuccess, ProgressState)
 from .node import NodeOutput
 from .registry import NodeRegistry
 from .validation import Link, NodeCall, ValidatedPrompt, validate_prompt
@@ -63,6 +63,8 @@ class _Run:
         self.signatures = compute_signatures(prompt.nodes, list(prompt.nodes), executor.registry.services)
         self.values: dict[str, list[list[Any]]] = {}
         self.result = ExecutionResult(prompt_id, "success", node_errors=prompt.node_errors)
+        # Entries are replaced, never mutated, so a shallow copy is a safe snapshot for each event.
+        self.node_states: dict[str, dict[str, Any]] = {}
 
     @cached_property
     def api_prompt(self) -> dict[str, Any]:
@@ -149,7 +151,15 @@ class _Run:
 
     def _context(self, node_id: str) -> ExecutionContext:
         return ExecutionContext(self.prompt_id, node_id, self.ex.registry.services, self.ex.events, self.cancel,
-                                self.api_prompt, self.extra_data)
+                                self.api_prompt, self.extra_data,
+                                on_progress=lambda value, total: self._report(node_id, "running", value, total))
+
+    def _report(self, node_id: str, state: str, value: int, maximum: int) -> None:
+        """Record one node's progress and send every started node's state (ComfyUI's `progress_state`)."""
+        self.node_states[node_id] = {"value": value, "max": maximum, "state": state, "node_id": node_id,
+                                     "prompt_id": self.prompt_id, "display_node_id": node_id,
+                                     "parent_node_id": None, "real_node_id": node_id}
+        self.emit(ProgressState(self.prompt_id, nodes=dict(self.node_states)))
 
     def _check_lazy(self, call: NodeCall, evaluated: set[str]) -> list[str]:
         inputs = self._gather(call, evaluated)
@@ -164,6 +174,7 @@ class _Run:
         node_id, schema = call.node_id, call.schema
         self._current = node_id
         self.cancel.raise_if_cancelled()
+        self._report(node_id, "running", 0, 1)
         self.emit(Executing(self.prompt_id, node=node_id))
         inputs = self._gather(call, evaluated_lazy)
         ctx = self._context(node_id)
@@ -188,6 +199,8 @@ class _Run:
         self.result.executed.append(node_id)
         self.ex.cache.put(self.signatures[node_id], CacheEntry(outputs, ui or None),
                           protected=self.signatures.values())
+        done = max(1, self.node_states[node_id]["max"])
+        self._report(node_id, "finished", done, done)
         if ui:
             if schema.output_node:
                 self.result.outputs[node_id] = ui

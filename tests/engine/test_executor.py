@@ -17,11 +17,17 @@ def test_runs_and_reports_outputs(executor, recorder):
     result = executor.execute(graph(), prompt_id="p1")
     assert result.ok and result.outputs == {"4": {"text": ["6"]}}
     assert result.executed == ["1", "2", "3", "4"]
-    assert recorder.types() == ["execution_start", "execution_cached", "executing", "executing", "executing",
-                                "executing", "executed", "execution_success", "executing"]
+    ps = "progress_state"
+    assert recorder.types() == ["execution_start", "execution_cached", ps, "executing", ps, ps, "executing", ps,
+                                ps, "executing", ps, ps, "executing", ps, "executed", "execution_success",
+                                "executing"]
     assert recorder.events[-1].message() == {"type": "executing", "data": {"node": None, "prompt_id": "p1"}}
-    assert recorder.events[6].message()["data"] == {"node": "4", "display_node": "4", "output": {"text": ["6"]},
-                                                     "prompt_id": "p1"}
+    assert recorder.events[14].message()["data"] == {"node": "4", "display_node": "4", "output": {"text": ["6"]},
+                                                      "prompt_id": "p1"}
+    last_state = recorder.events[13].message()["data"]
+    assert last_state["prompt_id"] == "p1"
+    assert {k: (v["state"], v["value"], v["max"]) for k, v in last_state["nodes"].items()} == {
+        n: ("finished", 1, 1) for n in ("1", "2", "3", "4")}
     assert [m[0] for m in result.messages] == ["execution_start", "execution_cached", "execution_success"]
 
 

@@ -28,8 +28,21 @@ async def test_event_sequence_goes_to_the_posting_client_only(tmp_path):
         reply = await srv.post_prompt(chain(value=2, steps=2, tag="seq"), client_id="me")
         frames = await receive_until_done(mine, reply["prompt_id"])
         execution = [(k, d) for k, d in frames if k != "status"]
-        assert types(execution) == ["execution_start", "execution_cached", "executing", "executing", "progress",
-                                    "progress", "executing", "executed", "execution_success", "executing"]
+        ps = "progress_state"
+        assert types(execution) == ["execution_start", "execution_cached",
+                                    ps, "executing", ps,                                       # node 1
+                                    ps, "executing", "progress", ps, "progress", ps, ps,       # node 2, 2 steps
+                                    ps, "executing", ps, "executed",                           # node 3
+                                    "execution_success", "executing"]
+        states = [d for k, d in execution if k == ps]
+        assert states[0]["nodes"] == {"1": {"value": 0, "max": 1, "state": "running", "node_id": "1",
+                                            "prompt_id": reply["prompt_id"], "display_node_id": "1",
+                                            "parent_node_id": None, "real_node_id": "1"}}
+        # every message carries all started nodes: node 2's step 1 of 2 beside node 1 finished
+        assert {k: (v["state"], v["value"], v["max"]) for k, v in states[3]["nodes"].items()} == {
+            "1": ("finished", 1, 1), "2": ("running", 1, 2)}
+        assert {k: (v["state"], v["value"], v["max"]) for k, v in states[-1]["nodes"].items()} == {
+            "1": ("finished", 1, 1), "2": ("finished", 2, 2), "3": ("finished", 1, 1)}
         assert [d["node"] for k, d in execution if k == "executing"] == ["1", "2", "3", None]
         assert all(d["prompt_id"] == reply["prompt_id"] for _, d in execution)
         executed = next(d for k, d in execution if k == "executed")
@@ -53,7 +66,8 @@ async def test_event_sequence_goes_to_the_posting_client_only(tmp_path):
         frames = await receive_until_done(mine, again["prompt_id"])
         cached = next(d for k, d in frames if k == "execution_cached")
         assert sorted(cached["nodes"]) == ["1", "2", "3"]
-        assert "progress" not in types(frames) and "executed" in types(frames)
+        assert "progress" not in types(frames) and "progress_state" not in types(frames)
+        assert "executed" in types(frames)
         await mine.close()
         await other.close()
 
@@ -166,7 +180,7 @@ async def test_prompt_without_client_id_broadcasts_only_progress_and_the_end(tmp
         await receive_json(ws)
         reply = await srv.post_prompt(chain(steps=2, tag="anon"))
         frames = await receive_until_done(ws, reply["prompt_id"])
-        assert set(types(frames)) == {"status", "progress", "executing"}
+        assert set(types(frames)) == {"status", "progress", "progress_state", "executing"}
         assert [d["node"] for k, d in frames if k == "executing"] == [None]
         await ws.close()
 
@@ -195,7 +209,7 @@ async def _stuck_client(port: int, client_id: str):
 
 @async_test
 async def test_a_stuck_client_does_not_stall_a_reading_one(tmp_path):
-    async with serve(tmp_path, ws_queue_limit=64, ws_send_timeout=60) as srv:
+    async with serve(tmp_path, ws_queue_limit=128, ws_send_timeout=60) as srv:
         port = srv.client.server.port
         stuck = await _stuck_client(port, "stuck")
         reader = await srv.ws("reader")
@@ -264,8 +278,9 @@ async def test_100_prompts_10_clients_one_never_reads(tmp_path):
             return seen
 
         results = await asyncio.gather(*(collect(cid, ws) for cid, ws in readers.items()))
-        expected = ["execution_start", "execution_cached", "executing", "executing", "progress", "progress",
-                    "executing", "executed", "execution_success", "executing"]
+        ps = "progress_state"
+        expected = ["execution_start", "execution_cached", ps, "executing", ps, ps, "executing", "progress", ps,
+                    "progress", ps, ps, ps, "executing", ps, "executed", "execution_success", "executing"]
         for seen in results:
             assert len(seen) == 10 and all(types_ == expected for types_ in seen.values()), seen
         for pid, owner in owners.items():
