@@ -3,7 +3,9 @@
 Queue items are ComfyUI's 5-element lists `[number, prompt_id, prompt, extra_data, outputs_to_execute]`; the lowest
 `number` runs first (ties: oldest first). A prompt is `pending` or `running` in the queue table; finishing it writes
 its history entry and removes it from the queue in one transaction, so it is never in neither place. After a crash
-the prompt that was running is pending again and runs first among equals."""
+the prompt that was running is pending again and runs first among equals, with one more `attempts` counted (a
+prompt that keeps killing the process can then be failed instead of run again); a clean stop (`requeue`) counts
+nothing."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ CREATE TABLE IF NOT EXISTS queue (
     prompt_id TEXT UNIQUE NOT NULL,
     number REAL NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'running')),
-    item TEXT NOT NULL
+    item TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_order ON queue (state, number, seq);
 CREATE TABLE IF NOT EXISTS history (
@@ -46,15 +49,16 @@ class QueueItem:
     prompt: dict[str, Any]
     extra_data: dict[str, Any]
     outputs: list[str]
+    attempts: int = 0  # starts that ended with the process dying while this prompt ran (not part of the wire shape)
 
     def as_list(self) -> list[Any]:
         """ComfyUI's wire shape."""
         return [self.number, self.prompt_id, self.prompt, self.extra_data, list(self.outputs)]
 
     @classmethod
-    def from_list(cls, value: list[Any]) -> QueueItem:
+    def from_list(cls, value: list[Any], attempts: int = 0) -> QueueItem:
         number, prompt_id, prompt, extra_data, outputs = value[:5]
-        return cls(number, prompt_id, prompt, extra_data, list(outputs))
+        return cls(number, prompt_id, prompt, extra_data, list(outputs), attempts)
 
     @property
     def client_id(self) -> str | None:
@@ -83,7 +87,14 @@ class PromptQueue:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
             self._db.executescript(_SCHEMA)
-            self._db.execute("UPDATE queue SET state = 'pending' WHERE state = 'running'")
+            self._migrate()
+            # Still 'running' at open: the process died during it. Count the attempt, then queue it again.
+            self._db.execute("UPDATE queue SET state = 'pending', attempts = attempts + 1 WHERE state = 'running'")
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(queue)")}
+        if "attempts" not in columns:  # databases written before attempts were counted
+            self._db.execute("ALTER TABLE queue ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
     # -- numbering -------------------------------------------------------------------------------------------------
 
@@ -118,18 +129,19 @@ class PromptQueue:
                 return None
             self._db.execute("UPDATE queue SET state = 'running' WHERE seq = ?", (row[0],))
             self._changed.notify_all()
-            return QueueItem.from_list(json.loads(row[1]))
+            return QueueItem.from_list(json.loads(row[1]), row[2])
 
-    def _next_pending(self) -> tuple[int, str] | None:
+    def _next_pending(self) -> tuple[int, str, int] | None:
         if self._closed:
             return None
-        return self._db.execute("SELECT seq, item FROM queue WHERE state = 'pending' "
+        return self._db.execute("SELECT seq, item, attempts FROM queue WHERE state = 'pending' "
                                 "ORDER BY number, seq LIMIT 1").fetchone()
 
     def _items(self, state: str) -> list[QueueItem]:
         with self._lock:
-            rows = self._db.execute("SELECT item FROM queue WHERE state = ? ORDER BY number, seq", (state,))
-            return [QueueItem.from_list(json.loads(r[0])) for r in rows.fetchall()]
+            rows = self._db.execute("SELECT item, attempts FROM queue WHERE state = ? ORDER BY number, seq",
+                                    (state,))
+            return [QueueItem.from_list(json.loads(r[0]), r[1]) for r in rows.fetchall()]
 
     def pending(self) -> list[QueueItem]:
         return self._items("pending")
@@ -140,8 +152,9 @@ class PromptQueue:
     def item(self, prompt_id: str) -> tuple[str, QueueItem] | None:
         """(state, item) of a queued prompt."""
         with self._lock:
-            row = self._db.execute("SELECT state, item FROM queue WHERE prompt_id = ?", (prompt_id,)).fetchone()
-        return (row[0], QueueItem.from_list(json.loads(row[1]))) if row else None
+            row = self._db.execute("SELECT state, item, attempts FROM queue WHERE prompt_id = ?",
+                                   (prompt_id,)).fetchone()
+        return (row[0], QueueItem.from_list(json.loads(row[1]), row[2])) if row else None
 
     def remaining(self) -> int:
         with self._lock:
@@ -166,7 +179,7 @@ class PromptQueue:
             self._changed.notify_all()
 
     def requeue(self, prompt_id: str) -> None:
-        """Put a running prompt back in front of its peers (used when the server stops mid-run)."""
+        """Put a running prompt back in front of its peers (a clean stop mid-run: no attempt is counted)."""
         with self._lock:
             self._db.execute("UPDATE queue SET state = 'pending' WHERE prompt_id = ?", (prompt_id,))
             self._changed.notify_all()

@@ -30,7 +30,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, *,
     hub = WebSocketHub(queue_limit=config.ws_queue_limit, send_timeout=config.ws_send_timeout,
                        server_flags=routes_info.server_flags_of(config))
     worker = PromptWorker(queue, registry, hub, preview_method=config.preview_method,
-                          preview_size=config.preview_size, cache=cache)
+                          preview_size=config.preview_size, cache=cache, max_attempts=config.max_prompt_attempts)
     state = ServerState(config, registry, queue, hub, worker)
     hub.status = state.status
     hub.on_connect = worker.reconnect_messages

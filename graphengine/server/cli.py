@@ -11,7 +11,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .app import create_app
-from .config import PREVIEW_METHODS, ServerConfig
+from .config import DEFAULT_MAX_PROMPT_ATTEMPTS, PREVIEW_METHODS, ServerConfig
+from .security import RedactingAccessLogger
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preview-method", choices=PREVIEW_METHODS, default="none")
     p.add_argument("--max-upload-size", type=float, default=100.0, help="in MB")
     p.add_argument("--max-history", type=int, default=10000)
+    p.add_argument("--max-prompt-attempts", type=int, default=DEFAULT_MAX_PROMPT_ATTEMPTS,
+                   help="starts a prompt gets if the server dies while running it; then it is failed (default 2)")
     p.add_argument("--allowed-host", action="append", default=[], help="extra Host name to accept (repeatable)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -41,13 +44,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         listen=args.listen, port=args.port, auth_token=args.auth_token,
                         preview_method=args.preview_method, max_upload_size_mb=args.max_upload_size,
                         database=args.database, max_history=args.max_history,
-                        allowed_hosts=tuple(args.allowed_host))
+                        allowed_hosts=tuple(args.allowed_host), max_prompt_attempts=args.max_prompt_attempts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"graphengine serve: error: {exc}", file=sys.stderr)
+        return 2
     if not config.loopback_only and not config.auth_token:
         print(f"refusing to listen on {config.listen} without --auth-token", file=sys.stderr)
         return 2
@@ -55,5 +62,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     hosts = config.listen_hosts
     print(f"graphengine server on {', '.join(hosts)} port {config.port}", flush=True)
     web.run_app(app, host=hosts if len(hosts) > 1 else hosts[0], port=config.port, print=None,
-                handle_signals=True)
+                handle_signals=True, access_log_class=RedactingAccessLogger)
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..runtime import RuntimeConfig
 
 PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+DEFAULT_MAX_PROMPT_ATTEMPTS = 2  # a prompt running when the process died is retried once, then failed
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -41,6 +42,7 @@ class ServerConfig:
     ws_queue_limit: int = 512  # messages buffered per websocket before previews, then the client, are dropped
     ws_send_timeout: float = 20.0
     preview_size: int = 512
+    max_prompt_attempts: int = DEFAULT_MAX_PROMPT_ATTEMPTS
     options: dict = field(default_factory=dict)  # passed to RuntimeConfig.options
 
     def __post_init__(self) -> None:
@@ -48,6 +50,10 @@ class ServerConfig:
         runtime = self.runtime_config()
         self.output_dir, self.input_dir, self.temp_dir = runtime.output_dir, runtime.input_dir, runtime.temp_dir
         self.user_dir, self.models_dir = runtime.user_dir, runtime.models_dir
+        if not self.listen_hosts:
+            raise ValueError(f"--listen needs at least one address, got {self.listen!r}")
+        if self.max_prompt_attempts < 1:
+            raise ValueError(f"max_prompt_attempts must be at least 1, got {self.max_prompt_attempts}")
         if self.preview_method not in PREVIEW_METHODS:
             raise ValueError(f"preview_method must be one of {PREVIEW_METHODS}, got {self.preview_method!r}")
         if self.database is None:

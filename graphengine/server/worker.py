@@ -17,6 +17,7 @@ from ..executor import ExecutionResult, Executor
 from ..queue import PromptQueue, QueueItem
 from ..registry import NodeRegistry
 from ..validation import PromptValidationError, validate_prompt
+from .config import DEFAULT_MAX_PROMPT_ATTEMPTS
 from .hub import Preview, WebSocketHub
 
 log = logging.getLogger("graphengine.server")
@@ -69,6 +70,16 @@ def failure_result(prompt_id: str, exc: BaseException, *, error_type: str | None
                                      ["execution_error", error]])
 
 
+class AbandonedPromptError(RuntimeError):
+    """The server process died while this prompt ran, as many times as it may; it is not run again."""
+
+    def __init__(self, attempts: int) -> None:
+        times = {1: "once", 2: "twice"}.get(attempts, f"{attempts} times")
+        super().__init__(f"the server stopped while running this prompt, {times}; it will not be run again "
+                         "automatically (queue it again to retry)")
+        self.attempts = attempts
+
+
 def history_parts(result: ExecutionResult) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(outputs, status, meta) of a ComfyUI history entry; every output value is a list."""
     outputs = {node: {k: (v if isinstance(v, list) else [v]) for k, v in ui.items()}
@@ -82,8 +93,10 @@ def history_parts(result: ExecutionResult) -> tuple[dict[str, Any], dict[str, An
 
 class PromptWorker:
     def __init__(self, queue: PromptQueue, registry: NodeRegistry, hub: WebSocketHub, *,
-                 preview_method: str = "none", preview_size: int = 512, cache: ResultCache | None = None) -> None:
+                 preview_method: str = "none", preview_size: int = 512, cache: ResultCache | None = None,
+                 max_attempts: int = DEFAULT_MAX_PROMPT_ATTEMPTS) -> None:
         self.queue = queue
+        self.max_attempts = max_attempts
         self.registry = registry
         self.hub = hub
         self.preview_method = preview_method
@@ -167,7 +180,13 @@ class PromptWorker:
             self._current = run
             secrets = self._sensitive.pop(item.prompt_id, {})
         self.hub.send_threadsafe_call(self.hub.broadcast_status)
-        result = self._execute(item, run, {**item.extra_data, **secrets})
+        if item.attempts >= self.max_attempts:
+            log.error("prompt %s was running when the server died %d times: failing it", item.prompt_id,
+                      item.attempts)
+            result = failure_result(item.prompt_id, AbandonedPromptError(item.attempts))
+            self._publish_failure(item, result)
+        else:
+            result = self._execute(item, run, {**item.extra_data, **secrets})
         if run.stopping and result.status == "interrupted":
             self.queue.requeue(item.prompt_id)
             with self._lock:

@@ -5,6 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +24,7 @@ from graphengine.server.state import STATE, ServerState
 
 from .nodepack import make_registry
 
+REPO = Path(__file__).resolve().parents[2]
 GUARD_SECONDS = 60  # a hang fails the test instead of blocking the run; never an assertion on speed
 
 
@@ -103,3 +110,52 @@ async def receive_json(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     msg = await ws.receive()
     assert msg.type == aiohttp.WSMsgType.TEXT, msg
     return json.loads(msg.data)
+
+
+# -- a real server process (for kill -9, the command line and its logs) ---------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(port: int, method: str, path: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+def wait_until(predicate, what: str, seconds: float = GUARD_SECONDS):
+    """Poll `predicate` until it returns something truthy (returned); a hang fails the test, speed is not checked."""
+    deadline = time.monotonic() + seconds
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+    return result
+
+
+def start_server_process(base: Path, port: int, *args: str, log_level: str = "WARNING",
+                         probe: str = "/prompt") -> subprocess.Popen:
+    """`server.py` with the test node pack on 127.0.0.1:`port`; its stderr is appended to base/server.log."""
+    env = {**os.environ, "GRAPHENGINE_NODE_PACKS": "tests.server.nodepack:register", "PYTHONPATH": str(REPO)}
+    log_path = base / "server.log"
+    base.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, str(REPO / "server.py"), "--port", str(port), "--base-dir",
+                                    str(base), "--log-level", log_level, *args], cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=log)
+    for _ in range(1200):  # bounded wait for the port (start-up imports), not a timing assertion
+        if process.poll() is not None:
+            raise AssertionError(log_path.read_text())
+        try:
+            http_json(port, "GET", probe)
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("server did not start")
