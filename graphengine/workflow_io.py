@@ -8,6 +8,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from .limits import JsonTooDeepError, loads_limited
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_CHUNK = 64 * 1024 * 1024
 
@@ -76,7 +78,9 @@ def load_workflow_data(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def _parse_json(text: str, path: Path, what: str) -> Any:
     try:
-        return json.loads(text)
+        return loads_limited(text)
+    except JsonTooDeepError as exc:
+        raise WorkflowFileError(f"{path}: invalid {what}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise WorkflowFileError(f"{path}: invalid {what} at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
@@ -88,7 +92,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if not sep or not dot or not node_id or not input_name:
         raise WorkflowFileError(f"--set {text!r}: expected NODE.INPUT=VALUE")
     try:
-        value = json.loads(value_text)
+        value = loads_limited(value_text)
+    except JsonTooDeepError as exc:
+        raise WorkflowFileError(f"--set {text[:100]!r}: {exc}") from None
     except json.JSONDecodeError:
         value = value_text
     return node_id, input_name, value

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
 
+# the engine's one limit, also used by the server's routes
+from graphengine.limits import MAX_IMAGE_PIXELS, check_image_size
+
 # Decompression-bomb guards, checked against the header before any pixel is decoded.
-MAX_IMAGE_PIXELS = 100_000_000
 MAX_BATCH_PIXELS = 200_000_000
 MAX_FRAMES = 4096
 
@@ -124,14 +126,6 @@ def list_image_files(folder: Path | str) -> list[str]:
 
 # -- decoding ------------------------------------------------------------------------------------------------------
 
-def _check_pixels(width: int, height: int, label: str, limit: int = MAX_IMAGE_PIXELS) -> None:
-    if width <= 0 or height <= 0:
-        raise ValueError(f"Image {label} has an invalid size {width}x{height}")
-    if width * height > limit:
-        raise ValueError(f"Image {label} is too large: {width}x{height} = {width * height} pixels "
-                         f"(limit {limit}); refusing to decode it")
-
-
 def read_frames(path: Path | str, label: str | None = None) -> list[Image.Image]:
     """Decode every frame of an image file (EXIF orientation applied), refusing bombs before decoding.
 
@@ -142,12 +136,12 @@ def read_frames(path: Path | str, label: str | None = None) -> list[Image.Image]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             with Image.open(path) as img:
-                _check_pixels(*img.size, label)
+                check_image_size(*img.size, label)
                 total = 0
                 for index, frame in enumerate(ImageSequence.Iterator(img)):
                     if index >= MAX_FRAMES:
                         raise ValueError(f"Image {label} has more than {MAX_FRAMES} frames")
-                    _check_pixels(*frame.size, label)
+                    check_image_size(*frame.size, label)
                     total += frame.size[0] * frame.size[1]
                     if total > MAX_BATCH_PIXELS:
                         raise ValueError(f"Image {label} is too large: its frames hold more than "

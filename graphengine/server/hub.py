@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ..limits import loads_limited
+
 log = logging.getLogger("graphengine.server")
 
 PREVIEW_IMAGE = 1
@@ -213,8 +215,8 @@ class WebSocketHub:
 
     def _handle_first_frame(self, client: Client, text: str) -> None:
         try:
-            message = json.loads(text)
-        except ValueError:
+            message = loads_limited(text)
+        except ValueError:  # not JSON, or nested too deeply: ignored like any unknown first frame
             return
         if isinstance(message, dict) and message.get("type") == "feature_flags" and \
                 isinstance(message.get("data"), dict):

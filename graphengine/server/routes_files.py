@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import mimetypes
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_request import FileField
 
+from ..limits import MAX_IMAGE_PIXELS, ImageTooLargeError, check_image_size, loads_limited
 from .security import PathRejected, check_component, contained_path, json_error
 from .state import BadRequest, add_route, state_of
 
@@ -45,12 +45,42 @@ def resolve_file(request: web.Request, filename: str, subfolder: str, type_: str
     return contained_path(base, subfolder, filename)
 
 
+# -- decoding --------------------------------------------------------------------------------------------------------
+
+def open_image(source: Path | io.BytesIO, label: str) -> Any:
+    """Pillow's lazy image, refused by its header's size (the engine's one pixel limit) before anything is decoded."""
+    from PIL import Image
+
+    try:
+        image = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"Image {label} is too large: {exc}") from None
+    try:
+        check_image_size(*image.size, label)
+    except ValueError:
+        image.close()
+        raise
+    return image
+
+
+async def decode_in_thread(what: str, function: Any, *args: Any) -> Any:
+    """Run an image-decoding function off the event loop; bad or oversized images become structured 400s."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+    except ImageTooLargeError as exc:
+        raise BadRequest("image_too_large", str(exc), f"limit {MAX_IMAGE_PIXELS} pixels") from None
+    except (PathRejected, BadRequest):
+        raise
+    except Exception as exc:  # noqa: BLE001 - not an image Pillow understands, or damaged
+        raise BadRequest("invalid_image", what, f"{type(exc).__name__}: {exc}"[:300]) from None
+
+
 # -- /view -----------------------------------------------------------------------------------------------------------
 
 def _render(path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
     from PIL import Image
 
-    with Image.open(path) as image:
+    with open_image(path, repr(path.name)) as image:
         image.load()
         if channel == "rgb":
             image = image.convert("RGB")
@@ -81,11 +111,8 @@ async def view(request: web.Request) -> web.StreamResponse:
     preview = query.get("preview")
     headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
     if preview or channel in ("rgb", "a"):
-        loop = asyncio.get_running_loop()
-        try:
-            body, content_type = await loop.run_in_executor(None, _render, path, preview, channel)
-        except Exception as exc:  # noqa: BLE001 - not an image PIL understands
-            raise BadRequest("invalid_image", "preview/channel needs an image file", str(exc)[:200]) from None
+        body, content_type = await decode_in_thread("preview/channel needs an image file", _render, path, preview,
+                                                    channel)
         return web.Response(body=body, content_type=content_type, headers=headers)
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     disposition = "inline"
@@ -167,9 +194,9 @@ async def upload_image(request: web.Request) -> web.Response:
 
 
 def _apply_mask(original: Path, mask_bytes: bytes) -> bytes:
-    from PIL import Image, PngImagePlugin
+    from PIL import PngImagePlugin
 
-    with Image.open(original) as source, Image.open(io.BytesIO(mask_bytes)) as mask:
+    with open_image(original, "original_ref") as source, open_image(io.BytesIO(mask_bytes), "mask") as mask:
         info = PngImagePlugin.PngInfo()
         for key, value in source.info.items():
             if isinstance(key, str) and isinstance(value, str):
@@ -188,7 +215,7 @@ async def upload_mask(request: web.Request) -> web.Response:
     fields, image = await _upload_fields(request)
     base, subfolder, filename, type_ = _target(request, fields, image)
     try:
-        ref = json.loads(fields.get("original_ref", ""))
+        ref = loads_limited(fields.get("original_ref", ""))
     except ValueError:
         raise BadRequest("invalid_request", "original_ref must be a JSON object") from None
     if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
@@ -197,11 +224,9 @@ async def upload_mask(request: web.Request) -> web.Response:
     if not original.is_file():
         return json_error(404, "not_found", "original_ref file not found")
     overwrite = fields.get("overwrite", "").lower() in ("true", "1")
+    data = await decode_in_thread("could not combine the mask with the original", _apply_mask, original,
+                                  image.file.read())
     loop = asyncio.get_running_loop()
-    try:
-        data = await loop.run_in_executor(None, _apply_mask, original, image.file.read())
-    except Exception as exc:  # noqa: BLE001 - not images
-        raise BadRequest("invalid_image", "could not combine the mask with the original", str(exc)[:200]) from None
     name = await loop.run_in_executor(None, store_upload, base, subfolder, filename, data, overwrite)
     return web.json_response({"name": name, "subfolder": subfolder, "type": type_})
 

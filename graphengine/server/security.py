@@ -5,10 +5,12 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 from yarl import URL
 
 from .config import ServerConfig, is_loopback
@@ -16,6 +18,20 @@ from .config import ServerConfig, is_loopback
 log = logging.getLogger("graphengine.server")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_TOKEN_IN_QUERY = re.compile(r"([?&;](?:[a-z_]*token|api_key)=)[^&;\s\"]*", re.IGNORECASE)
+
+
+def redact_tokens(text: str) -> str:
+    """`…?token=SECRET&…` → `…?token=[redacted]&…` (also auth_token=, api_key= and the like)."""
+    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+
+
+class RedactingAccessLogger(AccessLogger):
+    """aiohttp's access log with tokens taken out of the request line and headers (`?token=` is an auth method)."""
+
+    def _format_line(self, request, response, time):  # type: ignore[no-untyped-def]
+        return [(key, redact_tokens(value) if isinstance(value, str) else value)
+                for key, value in super()._format_line(request, response, time)]
 
 
 def error_body(type_: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:

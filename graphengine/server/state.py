@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from ..limits import JsonTooDeepError, loads_limited
 from ..queue import PromptQueue
 from ..registry import NodeRegistry
 from .config import ServerConfig
@@ -57,7 +57,9 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
             return {}
         raise BadRequest("invalid_json", "Request body is empty; a JSON value is required")
     try:
-        return json.loads(raw)
+        return loads_limited(raw)
+    except JsonTooDeepError as exc:
+        raise BadRequest("invalid_json", "Request body is nested too deeply", str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("invalid_json", "Request body is not valid JSON", str(exc)[:500]) from None
 
