@@ -1,16 +1,28 @@
-"""Limits on untrusted input, shared by the engine, the server and node packs: JSON nesting and decoded image size.
+"""Limits on untrusted input, shared by the engine, the server and node packs: JSON nesting and text, decoded
+image size.
 
 Python's json module recurses once per nesting level, so a deep document raises RecursionError (or, handled
-later, crashes whatever walks it); documents are refused past `MAX_JSON_DEPTH` instead. Images are refused by
-their header's size before any pixel is decoded."""
+later, crashes whatever walks it); documents are refused past `MAX_JSON_DEPTH` instead, and so are strings that
+are not valid Unicode. Images are refused by their header's size before any pixel is decoded."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_JSON_DEPTH = 256  # far beyond any real prompt or workflow (they nest 3–6 levels), far below the stack limit
 MAX_IMAGE_PIXELS = 100_000_000  # per decoded image (frame), for every route and node that decodes images
+
+
+# A lone UTF-16 surrogate (escaped as \\udXXX, or raw as json.loads(bytes) lets through) is not valid Unicode:
+# SQLite, the file system and UTF-8 encoders all refuse it later. Cheap hints first; the exact check only on a hit.
+_SURROGATE_HINT_TEXT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE_HINT_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+class InvalidJsonTextError(ValueError):
+    """A JSON string (value or key) holding a lone surrogate."""
 
 
 class JsonTooDeepError(ValueError):
@@ -44,7 +56,27 @@ def loads_limited(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> Any:
         raise JsonTooDeepError(limit) from None
     if json_depth_exceeds(value, limit):
         raise JsonTooDeepError(limit)
+    hint = _SURROGATE_HINT_BYTES if isinstance(text, (bytes, bytearray)) else _SURROGATE_HINT_TEXT
+    if hint.search(text) and _has_lone_surrogate(value):
+        raise InvalidJsonTextError("JSON text holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode")
     return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, dict):
+            pending.extend(current)
+            pending.extend(current.values())
+        elif isinstance(current, list):
+            pending.extend(current)
+        elif isinstance(current, str):
+            try:
+                current.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 class ImageTooLargeError(ValueError):

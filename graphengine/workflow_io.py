@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .limits import JsonTooDeepError, loads_limited
+from .limits import loads_limited
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_CHUNK = 64 * 1024 * 1024
@@ -79,10 +79,10 @@ def load_workflow_data(path: str | Path) -> tuple[Any, dict[str, Any]]:
 def _parse_json(text: str, path: Path, what: str) -> Any:
     try:
         return loads_limited(text)
-    except JsonTooDeepError as exc:
-        raise WorkflowFileError(f"{path}: invalid {what}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise WorkflowFileError(f"{path}: invalid {what} at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:  # too deep, or not valid Unicode
+        raise WorkflowFileError(f"{path}: invalid {what}: {exc}") from None
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -93,10 +93,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise WorkflowFileError(f"--set {text!r}: expected NODE.INPUT=VALUE")
     try:
         value = loads_limited(value_text)
-    except JsonTooDeepError as exc:
-        raise WorkflowFileError(f"--set {text[:100]!r}: {exc}") from None
     except json.JSONDecodeError:
         value = value_text
+    except ValueError as exc:  # too deep, or not valid Unicode
+        raise WorkflowFileError(f"--set {text[:100]!r}: {exc}") from None
     return node_id, input_name, value
 
 

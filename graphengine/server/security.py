@@ -18,6 +18,8 @@ from .config import ServerConfig, is_loopback
 log = logging.getLogger("graphengine.server")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+MAX_NAME_BYTES = 255  # a file name, as common file systems allow
+MAX_PATH_BYTES = 1024
 _TOKEN_IN_QUERY = re.compile(r"([?&;](?:[a-z_]*token|api_key)=)[^&;\s\"]*", re.IGNORECASE)
 
 
@@ -55,7 +57,14 @@ class PathRejected(Exception):
 
 
 def check_component(value: str, what: str, *, allow_slash: bool) -> None:
-    """Syntactic checks done before touching the disk: no NUL, backslash, absolute path or `..` segment."""
+    """Syntactic checks done before touching the disk: no NUL, backslash, absolute path or `..` segment, nothing
+    the file system cannot name (a lone surrogate, a name over 255 bytes, a path over 1024 bytes)."""
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PathRejected(400, f"{what} is not valid Unicode") from None
+    if len(encoded) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        raise PathRejected(400, f"{what} is too long")
     if "\x00" in value:
         raise PathRejected(400, f"{what} contains a NUL byte")
     if "\\" in value:

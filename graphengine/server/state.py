@@ -71,6 +71,9 @@ async def read_json_object(request: web.Request, *, optional: bool = False) -> d
     return body
 
 
+MAX_QUERY_INT = 2**63 - 1  # SQLite's largest integer (LIMIT / OFFSET values go there)
+
+
 def query_int(request: web.Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -81,6 +84,8 @@ def query_int(request: web.Request, name: str, default: int | None = None, minim
         raise BadRequest("invalid_query", f"{name} must be an integer", raw[:100]) from None
     if value < minimum:
         raise BadRequest("invalid_query", f"{name} must be ≥ {minimum}", raw[:100])
+    if value > MAX_QUERY_INT:
+        raise BadRequest("invalid_query", f"{name} must be ≤ {MAX_QUERY_INT}", raw[:100])
     return value
 
 
