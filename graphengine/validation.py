@@ -12,6 +12,7 @@ from typing import Any
 
 import networkx as nx
 
+from .limits import MAX_JSON_DEPTH, json_depth_exceeds
 from .node import InputInfo, NodeSchema
 from .registry import NodeRegistry
 from .spec import ANY_TYPE, FLOAT_LIMIT, INT_LIMIT, ComboInput, types_match
@@ -237,6 +238,9 @@ class _Validator:
         if not isinstance(self.raw, dict):
             raise PromptValidationError(error_dict("invalid_prompt", "Prompt must be a JSON object",
                                                    f"got {type(self.raw).__name__}"))
+        if json_depth_exceeds(self.raw, MAX_JSON_DEPTH):  # what walks it later (repr, json, cache keys) recurses
+            raise PromptValidationError(error_dict("invalid_prompt", "Prompt nested too deeply",
+                                                   f"more than {MAX_JSON_DEPTH} levels of lists/objects"))
         for node_id, node in self.raw.items():
             if not isinstance(node_id, str):
                 raise PromptValidationError(error_dict("invalid_prompt", "Node ids must be strings",

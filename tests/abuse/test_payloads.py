@@ -154,3 +154,18 @@ def test_cli_refuses_a_deeply_nested_workflow_file(tmp_path, capsys, command):
     assert main([command, str(path)]) == 2
     err = capsys.readouterr().err
     assert "nested too deeply" in err and "Traceback" not in err
+
+
+def test_a_deep_prompt_built_in_python_is_refused_by_validation_not_by_the_stack():
+    from graphengine import PromptValidationError, validate_prompt
+    from tests.server.nodepack import make_registry
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    prompt = chain()
+    prompt["2"]["inputs"]["tag"] = deep
+    with pytest.raises(PromptValidationError) as refused:
+        validate_prompt(prompt, make_registry(REPO / "output"))
+    assert refused.value.error["type"] == "invalid_prompt"
+    assert refused.value.error["message"] == "Prompt nested too deeply"
