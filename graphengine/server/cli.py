@@ -12,7 +12,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import DEFAULT_MAX_PROMPT_ATTEMPTS, PREVIEW_METHODS, ServerConfig
-from .security import RedactingAccessLogger
+from .security import RedactingAccessLogger, TokenRedactingFilter
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +50,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TokenRedactingFilter())
     try:
         config = config_from_args(args)
     except ValueError as exc:

@@ -28,6 +28,21 @@ def redact_tokens(text: str) -> str:
     return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
 
 
+class TokenRedactingFilter(logging.Filter):
+    """For log handlers: redacts tokens in any record, its traceback included (aiohttp's errors quote raw URLs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_tokens(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_tokens(record.exc_text)
+        return True
+
+
 class RedactingAccessLogger(AccessLogger):
     """aiohttp's access log with tokens taken out of the request line and headers (`?token=` is an auth method)."""
 

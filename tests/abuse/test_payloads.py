@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 
@@ -137,11 +138,15 @@ def test_tokens_in_urls_never_reach_the_access_log(tmp_path):
         assert http_json(port, "GET", f"/queue?token={secret}&x=1") == {"queue_running": [], "queue_pending": []}
         with pytest.raises(OSError):  # a wrong token is refused (and must not be logged either)
             http_json(port, "GET", "/queue?token=wrong-token-value")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # a request line aiohttp refuses
+            raw.sendall(f"GET /queue?token={secret}&pad={'a' * 9000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            assert b" 400 " in raw.recv(100).split(b"\r\n")[0]
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(30)
     log = (tmp_path / "server.log").read_text()
     assert "GET /queue?token=[redacted]&x=1" in log  # the access log is on, and redacts
+    assert "/queue?token=[redacted]" in log.split("x=1", 1)[1]  # so do aiohttp's errors quoting the raw line
     assert secret not in log and "wrong-token-value" not in log
 
 
