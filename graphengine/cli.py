@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .admission import LIMITS, AdmissionLimits, add_limit_arguments, admit, limit_overrides
 from .events import Event, EventHub, Executing, Progress
 from .executor import Executor
 from .registry import NodeRegistry
@@ -63,9 +64,12 @@ def _print_validation_error(err: PromptValidationError) -> None:
             print(f"  node {node_id} ({entry['class_type']}): {e['message']}: {e['details']}", file=sys.stderr)
 
 
-def _validate(prompt: Any, registry: NodeRegistry) -> ValidatedPrompt | None:
+def _validate(prompt: Any, registry: NodeRegistry, args: argparse.Namespace | None = None) -> ValidatedPrompt | None:
+    """Validate and apply the resource limits (printing the errors; None if invalid or over a limit)."""
     try:
         validated = validate_prompt(prompt, registry)
+        limits = AdmissionLimits.for_machine(registry.services, **(limit_overrides(args) if args else {}))
+        admit(validated, registry.services, limits)
     except PromptValidationError as err:
         _print_validation_error(err)
         return None
@@ -152,7 +156,7 @@ def submit_to_server(url: str, prompt: Any, extra_pnginfo: dict[str, Any], args:
 def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistry, config: RuntimeConfig,
                args: argparse.Namespace) -> int:
     """Validate and execute an API prompt with progress bars; print the written files (`run` and `template`)."""
-    validated = _validate(prompt, registry)
+    validated = _validate(prompt, registry, args)
     if validated is None:
         return EXIT_INVALID
     hub = EventHub()
@@ -180,7 +184,7 @@ def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistr
 def cmd_validate(args: argparse.Namespace) -> int:
     registry = build_registry(_config(args))
     prompt, _ = _load(args, registry)
-    validated = _validate(prompt, registry)
+    validated = _validate(prompt, registry, args)
     if validated is None:
         return EXIT_INVALID
     print(f"ok: {len(validated.nodes)} nodes, outputs {', '.join(validated.outputs)}")
@@ -210,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 TEMPLATE_SKIPPED_PARAMS = frozenset({"registry"})
 _RUN_OPTIONS = ("json", "quiet", "traceback", "base_dir", "output_dir", "input_dir", "models_dir",
-                "extra_model_paths", "custom_nodes")
+                "extra_model_paths", "custom_nodes", *(limit.attr for limit in LIMITS))
 
 
 def _option_kwargs(annotation: Any, default: Any) -> dict[str, Any]:
@@ -269,6 +273,7 @@ def template_parser(name: str, template: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--traceback", action="store_true", help="print the node's traceback on failure")
     _common_options(parser)
+    add_limit_arguments(parser)
     return parser
 
 
@@ -362,12 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--server", metavar="URL", help="queue it on a ComfyUI-compatible server instead of running here")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the server (with --server)")
     common(run)
+    add_limit_arguments(run)
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a workflow without running it")
     val.add_argument("workflow")
     val.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE")
     common(val)
+    add_limit_arguments(val)
     val.set_defaults(func=cmd_validate)
 
     nodes = sub.add_parser("nodes", help="list the registered node types")
