@@ -230,7 +230,9 @@ def _parse_gigabytes(text: str) -> int:
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """The admission flags (0 disables a limit)."""
-    group = parser.add_argument_group("resource limits (a prompt over one is refused before it runs; 0: no limit)")
+    group = parser.add_argument_group(
+        "resource limits", "A prompt over a limit is refused before it runs. N takes k/M/G suffixes "
+        "(16M = 16,000,000); GB is 2^30 bytes; 0 disables a limit.")
     defaults = AdmissionLimits()
     for limit in LIMITS:
         default = getattr(defaults, limit.attr)

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .admission import LIMITS, AdmissionLimits, add_limit_arguments, admit, limit_overrides
+from .context import CancelToken
 from .events import Event, EventHub, Executing, Progress
 from .executor import Executor
+from .memory import MemoryGuard
 from .registry import NodeRegistry
 from .runtime import RuntimeConfig, build_registry
 from .validation import PromptValidationError, ValidatedPrompt, validate_prompt
@@ -64,11 +66,14 @@ def _print_validation_error(err: PromptValidationError) -> None:
             print(f"  node {node_id} ({entry['class_type']}): {e['message']}: {e['details']}", file=sys.stderr)
 
 
-def _validate(prompt: Any, registry: NodeRegistry, args: argparse.Namespace | None = None) -> ValidatedPrompt | None:
+def _limits(registry: NodeRegistry, args: argparse.Namespace) -> AdmissionLimits:
+    return AdmissionLimits.for_machine(registry.services, **limit_overrides(args))
+
+
+def _validate(prompt: Any, registry: NodeRegistry, limits: AdmissionLimits) -> ValidatedPrompt | None:
     """Validate and apply the resource limits (printing the errors; None if invalid or over a limit)."""
     try:
         validated = validate_prompt(prompt, registry)
-        limits = AdmissionLimits.for_machine(registry.services, **(limit_overrides(args) if args else {}))
         admit(validated, registry.services, limits)
     except PromptValidationError as err:
         _print_validation_error(err)
@@ -156,13 +161,17 @@ def submit_to_server(url: str, prompt: Any, extra_pnginfo: dict[str, Any], args:
 def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistry, config: RuntimeConfig,
                args: argparse.Namespace) -> int:
     """Validate and execute an API prompt with progress bars; print the written files (`run` and `template`)."""
-    validated = _validate(prompt, registry, args)
+    limits = _limits(registry, args)
+    validated = _validate(prompt, registry, limits)
     if validated is None:
         return EXIT_INVALID
     hub = EventHub()
     bars = _ProgressBars(validated, args.quiet)
     hub.subscribe(bars)
-    result = Executor(registry, events=hub).execute(validated, extra_data={"extra_pnginfo": extra_pnginfo})
+    cancel = CancelToken()
+    with MemoryGuard(limits.memory_budget, cancel):
+        result = Executor(registry, events=hub).execute(validated, extra_data={"extra_pnginfo": extra_pnginfo},
+                                                        cancel=cancel)
     bars.close()
     if result.status == "interrupted":
         print("interrupted", file=sys.stderr)
@@ -184,7 +193,7 @@ def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistr
 def cmd_validate(args: argparse.Namespace) -> int:
     registry = build_registry(_config(args))
     prompt, _ = _load(args, registry)
-    validated = _validate(prompt, registry, args)
+    validated = _validate(prompt, registry, _limits(registry, args))
     if validated is None:
         return EXIT_INVALID
     print(f"ok: {len(validated.nodes)} nodes, outputs {', '.join(validated.outputs)}")

@@ -10,6 +10,8 @@ from typing import Any
 log = logging.getLogger("graphengine.memory")
 
 GIB = 1024**3
+# What allocators say when an allocation fails (CUDA: "out of memory"; PyTorch's CPU allocator: "not enough memory").
+OUT_OF_MEMORY_TEXTS = ("out of memory", "not enough memory", "can't allocate memory")
 
 
 class OutOfMemoryError(MemoryError):
@@ -38,7 +40,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """MemoryError, or a library's out-of-memory error (torch's OutOfMemoryError, CUDA's 'out of memory')."""
     if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__:
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(s in text for s in OUT_OF_MEMORY_TEXTS)
 
 
 def format_bytes(value: float) -> str:

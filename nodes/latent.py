@@ -115,7 +115,8 @@ class LatentFromBatch(Node):
     @classmethod
     def estimate(cls, inputs, upstream, services=None):
         latent = upstream.get("samples")
-        return costs.made(costs.resized(latent, batch=min(latent["batch"], inputs.get("length", 1)))) if latent else None
+        length = min(latent["batch"], inputs.get("length", 1)) if latent else None
+        return costs.made(costs.resized(latent, batch=length))
 
     def execute(self, ctx) -> tuple:
         samples = _samples(self.samples)
@@ -148,7 +149,8 @@ class RepeatLatentBatch(Node):
     @classmethod
     def estimate(cls, inputs, upstream, services=None):
         latent = upstream.get("samples")
-        return costs.made(costs.resized(latent, batch=latent["batch"] * inputs.get("amount", 1))) if latent else None
+        batch = latent["batch"] * inputs.get("amount", 1) if latent else None
+        return costs.made(costs.resized(latent, batch=batch))
 
     def execute(self, ctx) -> tuple:
         samples = _samples(self.samples)
