@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..admission import add_limit_arguments, limit_overrides
 from .app import create_app
 from .config import PREVIEW_METHODS, ServerConfig
 
@@ -32,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-history", type=int, default=10000)
     p.add_argument("--allowed-host", action="append", default=[], help="extra Host name to accept (repeatable)")
     p.add_argument("--log-level", default="INFO")
+    add_limit_arguments(p)
     return p
 
 
@@ -41,7 +43,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         listen=args.listen, port=args.port, auth_token=args.auth_token,
                         preview_method=args.preview_method, max_upload_size_mb=args.max_upload_size,
                         database=args.database, max_history=args.max_history,
-                        allowed_hosts=tuple(args.allowed_host))
+                        allowed_hosts=tuple(args.allowed_host), limits=limit_overrides(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

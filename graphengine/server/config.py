@@ -42,6 +42,7 @@ class ServerConfig:
     ws_send_timeout: float = 20.0
     preview_size: int = 512
     options: dict = field(default_factory=dict)  # passed to RuntimeConfig.options
+    limits: dict = field(default_factory=dict)  # AdmissionLimits fields over the machine's defaults (0: no limit)
 
     def __post_init__(self) -> None:
         self.base_dir = Path(self.base_dir)
