@@ -1,5 +1,6 @@
 """graphengine: a typed node-graph workflow engine, wire-compatible with ComfyUI's prompt format."""
 
+from .admission import AdmissionError, AdmissionLimits, Estimate, admit, estimate_prompt
 from .cache import CacheEntry, ResultCache, default_sizeof
 from .context import CancelToken, ExecutionContext, Interrupted
 from .events import (Event, EventHub, Executed, ExecutionCached, ExecutionError, ExecutionInterrupted, Executing,
@@ -13,6 +14,7 @@ from .spec import (Boolean, BooleanInput, Combo, ComboInput, Float, FloatInput, 
 from .validation import Link, PromptValidationError, ValidatedPrompt, validate_prompt
 
 __all__ = [
+    "AdmissionError", "AdmissionLimits", "Estimate", "admit", "estimate_prompt",
     "Boolean", "BooleanInput", "CacheEntry", "CancelToken", "Combo", "ComboInput", "Event", "EventHub", "Executed",
     "ExecutionCached", "ExecutionContext", "ExecutionError", "ExecutionInterrupted", "ExecutionResult",
     "ExecutionStart", "ExecutionSuccess", "Executing", "Executor", "Float", "FloatInput", "InputSpec", "Int",

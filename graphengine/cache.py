@@ -99,6 +99,13 @@ class ResultCache:
                     continue
                 self._total -= self._entries.pop(key).size
 
+    def clear_except(self, keep: Iterable[str]) -> None:
+        """Drop every entry whose key is not in `keep` (e.g. after an out-of-memory failure)."""
+        keep = set(keep)
+        with self._lock:
+            for key in [k for k in self._entries if k not in keep]:
+                self._total -= self._entries.pop(key).size
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

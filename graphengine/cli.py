@@ -14,8 +14,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .admission import LIMITS, AdmissionLimits, add_limit_arguments, admit, limit_overrides
+from .context import CancelToken
 from .events import Event, EventHub, Executing, Progress
 from .executor import Executor
+from .memory import MemoryGuard
 from .registry import NodeRegistry
 from .runtime import RuntimeConfig, build_registry
 from .validation import PromptValidationError, ValidatedPrompt, validate_prompt
@@ -63,9 +66,15 @@ def _print_validation_error(err: PromptValidationError) -> None:
             print(f"  node {node_id} ({entry['class_type']}): {e['message']}: {e['details']}", file=sys.stderr)
 
 
-def _validate(prompt: Any, registry: NodeRegistry) -> ValidatedPrompt | None:
+def _limits(registry: NodeRegistry, args: argparse.Namespace) -> AdmissionLimits:
+    return AdmissionLimits.for_machine(registry.services, **limit_overrides(args))
+
+
+def _validate(prompt: Any, registry: NodeRegistry, limits: AdmissionLimits) -> ValidatedPrompt | None:
+    """Validate and apply the resource limits (printing the errors; None if invalid or over a limit)."""
     try:
         validated = validate_prompt(prompt, registry)
+        admit(validated, registry.services, limits)
     except PromptValidationError as err:
         _print_validation_error(err)
         return None
@@ -152,13 +161,17 @@ def submit_to_server(url: str, prompt: Any, extra_pnginfo: dict[str, Any], args:
 def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistry, config: RuntimeConfig,
                args: argparse.Namespace) -> int:
     """Validate and execute an API prompt with progress bars; print the written files (`run` and `template`)."""
-    validated = _validate(prompt, registry)
+    limits = _limits(registry, args)
+    validated = _validate(prompt, registry, limits)
     if validated is None:
         return EXIT_INVALID
     hub = EventHub()
     bars = _ProgressBars(validated, args.quiet)
     hub.subscribe(bars)
-    result = Executor(registry, events=hub).execute(validated, extra_data={"extra_pnginfo": extra_pnginfo})
+    cancel = CancelToken()
+    with MemoryGuard(limits.memory_budget, cancel):
+        result = Executor(registry, events=hub).execute(validated, extra_data={"extra_pnginfo": extra_pnginfo},
+                                                        cancel=cancel)
     bars.close()
     if result.status == "interrupted":
         print("interrupted", file=sys.stderr)
@@ -180,7 +193,7 @@ def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistr
 def cmd_validate(args: argparse.Namespace) -> int:
     registry = build_registry(_config(args))
     prompt, _ = _load(args, registry)
-    validated = _validate(prompt, registry)
+    validated = _validate(prompt, registry, _limits(registry, args))
     if validated is None:
         return EXIT_INVALID
     print(f"ok: {len(validated.nodes)} nodes, outputs {', '.join(validated.outputs)}")
@@ -210,7 +223,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 TEMPLATE_SKIPPED_PARAMS = frozenset({"registry"})
 _RUN_OPTIONS = ("json", "quiet", "traceback", "base_dir", "output_dir", "input_dir", "models_dir",
-                "extra_model_paths", "custom_nodes")
+                "extra_model_paths", "custom_nodes", *(limit.attr for limit in LIMITS))
 
 
 def _option_kwargs(annotation: Any, default: Any) -> dict[str, Any]:
@@ -269,6 +282,7 @@ def template_parser(name: str, template: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--traceback", action="store_true", help="print the node's traceback on failure")
     _common_options(parser)
+    add_limit_arguments(parser)
     return parser
 
 
@@ -362,12 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--server", metavar="URL", help="queue it on a ComfyUI-compatible server instead of running here")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the server (with --server)")
     common(run)
+    add_limit_arguments(run)
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a workflow without running it")
     val.add_argument("workflow")
     val.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE")
     common(val)
+    add_limit_arguments(val)
     val.set_defaults(func=cmd_validate)
 
     nodes = sub.add_parser("nodes", help="list the registered node types")

@@ -19,8 +19,12 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._error: Exception | None = None
 
-    def cancel(self) -> None:
+    def cancel(self, error: Exception | None = None) -> None:
+        """Cancel; with `error` (e.g. out of memory) the prompt fails with that error instead of being interrupted."""
+        if error is not None and not self._event.is_set():
+            self._error = error
         self._event.set()
 
     @property
@@ -29,6 +33,8 @@ class CancelToken:
 
     def raise_if_cancelled(self) -> None:
         if self._event.is_set():
+            if self._error is not None:
+                raise type(self._error)(*self._error.args)
             raise Interrupted("Prompt was interrupted")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import traceback
 import uuid
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from .cache import CacheEntry, ResultCache, compute_signatures
 from .context import CancelToken, ExecutionContext, Interrupted
 from .events import (Event, EventHub, Executed, ExecutionCached, ExecutionError, ExecutionInterrupted, Executing,
                      ExecutionStart, ExecutionSuccess, ProgressState)
+from .memory import is_out_of_memory
 from .node import NodeOutput
 from .registry import NodeRegistry
 from .validation import Link, NodeCall, ValidatedPrompt, validate_prompt
@@ -36,9 +38,10 @@ class ExecutionResult:
 class NodeExecutionError(Exception):
     """A node raised; carries ComfyUI's `execution_error` payload."""
 
-    def __init__(self, event: ExecutionError) -> None:
+    def __init__(self, event: ExecutionError, out_of_memory: bool = False) -> None:
         super().__init__(f"{event.node_type} ({event.node_id}): {event.exception_message}")
         self.event = event
+        self.out_of_memory = out_of_memory
 
 
 def _merge_ui(into: dict[str, Any], ui: dict[str, Any]) -> None:
@@ -97,6 +100,8 @@ class _Run:
         except NodeExecutionError as exc:
             self.result.status = "error"
             self.result.error = exc.event.data()
+            if exc.out_of_memory:
+                self._free_after_out_of_memory()
             self.emit(exc.event, record=True)
         if self.ex.emit_done:
             self.emit(Executing(self.prompt_id, node=None))
@@ -173,7 +178,12 @@ class _Run:
     def _execute(self, call: NodeCall, evaluated_lazy: set[str]) -> None:
         node_id, schema = call.node_id, call.schema
         self._current = node_id
-        self.cancel.raise_if_cancelled()
+        try:
+            self.cancel.raise_if_cancelled()
+        except Interrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - cancelled with an error (e.g. the memory guard's)
+            raise self._failure(call, exc, {}) from exc
         self._report(node_id, "running", 0, 1)
         self.emit(Executing(self.prompt_id, node=node_id))
         inputs = self._gather(call, evaluated_lazy)
@@ -221,11 +231,21 @@ class _Run:
         exc_type = type(exc)
         type_name = exc_type.__qualname__ if exc_type.__module__ == "builtins" else \
             f"{exc_type.__module__}.{exc_type.__qualname__}"
+        message = str(exc) or exc_type.__name__
+        out_of_memory = is_out_of_memory(exc)
+        if out_of_memory and not message.lower().startswith("out of memory"):
+            message = f"Out of memory in {call.class_type} (node {call.node_id}): {message}"
         return NodeExecutionError(ExecutionError(
             self.prompt_id, node_id=call.node_id, node_type=call.class_type, executed=list(self.result.executed),
-            exception_message=str(exc) or exc_type.__name__, exception_type=type_name,
+            exception_message=message, exception_type=type_name,
             traceback=traceback.format_exception(exc), current_inputs=_describe_inputs(inputs),
-            current_outputs=list(self.values)))
+            current_outputs=list(self.values)), out_of_memory=out_of_memory)
+
+    def _free_after_out_of_memory(self) -> None:
+        """Keep only this prompt's finished results in the cache and collect garbage, so the next prompt has room."""
+        self.values.clear()
+        self.ex.cache.clear_except(self.signatures[n] for n in (*self.result.executed, *self.result.cached))
+        gc.collect()
 
 
 class Executor:

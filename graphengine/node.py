@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from .spec import BooleanInput, FloatInput, InputSpec, IntInput, Output, StringInput
 
 if TYPE_CHECKING:
+    from .admission import Estimate
     from .context import ExecutionContext
 
 
@@ -54,6 +55,15 @@ class Node(BaseModel):
         """Custom validation of constant inputs; return True or an error message."""
         return True
 
+    @classmethod
+    def estimate(cls, inputs: dict[str, Any], upstream: dict[str, Any], services: Any = None) -> Estimate | None:
+        """What running this node will cost, from its constant `inputs` and, for linked inputs, the `upstream`
+        output's extent (or None when unknown); checked against the admission limits before queueing.
+
+        Must be cheap (no file reads beyond stat or an image header). None: no cost of its own, each output
+        takes the extent of the first linked input of the same type."""
+        return None
+
     def check_lazy_status(self, ctx: ExecutionContext) -> list[str]:
         """Names of lazy inputs still needed; unevaluated lazy inputs are None when this is called."""
         return []
@@ -88,6 +98,7 @@ class NodeSchema:
     custom_validated: frozenset[str]
     has_fingerprint: bool
     has_validation: bool
+    has_estimate: bool = False
     lazy_inputs: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -141,5 +152,6 @@ def schema_of(cls: type[Node]) -> NodeSchema:
         custom_validated=frozenset(cls.CUSTOM_VALIDATED),
         has_fingerprint=_overrides(cls, "fingerprint"),
         has_validation=_overrides(cls, "validate_inputs"),
+        has_estimate=_overrides(cls, "estimate"),
         lazy_inputs=frozenset(n for n, i in inputs.items() if i.spec.lazy),
     )

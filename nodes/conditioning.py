@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import torch
 
 from graphengine import Combo, Float, Int, Node, Output, String
+from nodes import costs
 from nodes.types import MAX_RESOLUTION, Clip, Conditioning, Mask
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class CLIPTextEncode(Node):
     RETURNS = (Output("CONDITIONING"),)
     text: PromptText
     clip: Clip
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.text_encode(inputs.get("text"))
 
     def execute(self, ctx) -> tuple:
         return (_require_clip(self.clip).encode_conditioning(self.text),)
@@ -257,6 +262,10 @@ class CLIPTextEncodeSDXL(Node):
     text_g: PromptText
     text_l: PromptText
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.text_encode(inputs.get("text_g"), inputs.get("text_l"))
+
     def execute(self, ctx) -> tuple:
         clip = _require_clip(self.clip)
         tokens = clip.tokenize(self.text_g)
@@ -280,6 +289,10 @@ class CLIPTextEncodeSDXLRefiner(Node):
     height: Size = 1024
     text: PromptText
     clip: Clip
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.text_encode(inputs.get("text"))
 
     def execute(self, ctx) -> tuple:
         conditioning = _require_clip(self.clip).encode_conditioning(

@@ -15,6 +15,7 @@ import torch
 
 from graphengine import Combo, Float, Int, Node, NodeOutput, Output, Socket, String
 
+from . import costs
 from .imageio import (annotated_path, check_relative_name, common_upscale, existing_image_file, frame_alpha,
                       frame_channel, frame_to_rgb, list_image_files, png_text_chunks, read_frames, save_images,
                       scaled_size, split_annotation)
@@ -101,6 +102,14 @@ class LoadImage(_ImageFileInput, Node):
     CUSTOM_VALIDATED = frozenset({"image"})
     image: Annotated[str, Combo(input_images, extra={"image_upload": True})]
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        found = costs.image_file(annotated_path(services, inputs.get("image"))) if services else None
+        if found is None:
+            return None
+        width, height, frames = found
+        return costs.made(costs.image(frames, width, height), costs.mask(frames, width, height), batch_pixels=0)
+
     def execute(self, ctx) -> tuple:
         path = existing_image_file(ctx.services, self.image)
         return frames_to_batch(read_frames(path, label=self.image))
@@ -115,6 +124,11 @@ class LoadImageMask(_ImageFileInput, Node):
     CUSTOM_VALIDATED = frozenset({"image"})
     image: Annotated[str, Combo(input_images, extra={"image_upload": True})]
     channel: Annotated[str, Combo(MASK_CHANNELS)]
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        found = costs.image_file(annotated_path(services, inputs.get("image"))) if services else None
+        return costs.made(costs.mask(found[2], found[0], found[1]), batch_pixels=0) if found else None
 
     def execute(self, ctx) -> tuple:
         path = existing_image_file(ctx.services, self.image)
@@ -183,6 +197,10 @@ class ImageScale(Node):
     height: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=1)] = 512
     crop: Annotated[str, Combo(CROP_METHODS)]
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.made(costs.resized(upstream.get("image"), inputs.get("width"), inputs.get("height")))
+
     def execute(self, ctx) -> tuple:
         if self.width == 0 and self.height == 0:
             return (self.image,)
@@ -199,6 +217,10 @@ class ImageScaleBy(Node):
     image: Image
     upscale_method: Annotated[str, Combo(IMAGE_UPSCALE_METHODS)]
     scale_by: Annotated[float, Float(min=0.01, max=8.0, step=0.01)] = 1.0
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.made(costs.scaled(upstream.get("image"), inputs.get("scale_by", 1.0)))
 
     def execute(self, ctx) -> tuple:
         width = max(1, round(self.image.shape[2] * self.scale_by))
@@ -248,6 +270,14 @@ class ImagePadForOutpaint(Node):
     right: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=8)] = 0
     bottom: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=8)] = 0
     feathering: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=1)] = 40
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        pixels, pad = upstream.get("image"), costs.constants(inputs, "left", "top", "right", "bottom")
+        if pixels is None or pad is None:
+            return None
+        width, height = pixels["width"] + pad[0] + pad[2], pixels["height"] + pad[1] + pad[3]
+        return costs.made(costs.resized(pixels, width, height), costs.mask(1, width, height))
 
     def execute(self, ctx) -> tuple:
         batch, height, width, channels = self.image.shape

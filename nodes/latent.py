@@ -9,6 +9,7 @@ import torch
 
 from graphengine import Combo, Float, Int, Node, Output
 
+from . import costs
 from .imageio import common_upscale, scaled_size
 from .types import MAX_RESOLUTION, Latent, Mask
 
@@ -41,6 +42,11 @@ class EmptyLatentImage(Node):
     height: Annotated[int, Int(min=16, max=MAX_RESOLUTION, step=8, tooltip="The height of the latent images in pixels.")] = 512
     batch_size: Annotated[int, Int(min=1, max=4096, tooltip="The number of latent images in the batch.")] = 1
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        size = costs.constants(inputs, "batch_size", "width", "height")
+        return costs.made(costs.latent(*size)) if size else None
+
     def execute(self, ctx) -> tuple:
         shape = (self.batch_size, LATENT_CHANNELS, self.height // 8, self.width // 8)
         return ({"samples": torch.zeros(shape)},)
@@ -57,6 +63,10 @@ class LatentUpscale(Node):
     width: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=8)] = 512
     height: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=8)] = 512
     crop: Annotated[str, Combo(CROP_METHODS)]
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.made(costs.resized(upstream.get("samples"), inputs.get("width"), inputs.get("height")))
 
     def execute(self, ctx) -> tuple:
         samples = _samples(self.samples)
@@ -79,6 +89,10 @@ class LatentUpscaleBy(Node):
     upscale_method: Annotated[str, Combo(LATENT_UPSCALE_METHODS)]
     scale_by: Annotated[float, Float(min=0.01, max=8.0, step=0.01)] = 1.5
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.made(costs.scaled(upstream.get("samples"), inputs.get("scale_by", 1.0)))
+
     def execute(self, ctx) -> tuple:
         samples = _samples(self.samples)
         width = max(1, round(samples.shape[-1] * self.scale_by))
@@ -97,6 +111,12 @@ class LatentFromBatch(Node):
     samples: Latent
     batch_index: Annotated[int, Int(min=-MAX_RESOLUTION, max=MAX_RESOLUTION)] = 0
     length: Annotated[int, Int(min=1, max=64)] = 1
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        latent = upstream.get("samples")
+        length = min(latent["batch"], inputs.get("length", 1)) if latent else None
+        return costs.made(costs.resized(latent, batch=length))
 
     def execute(self, ctx) -> tuple:
         samples = _samples(self.samples)
@@ -125,6 +145,12 @@ class RepeatLatentBatch(Node):
     RETURNS = (Output("LATENT"),)
     samples: Latent
     amount: Annotated[int, Int(min=1, max=64)] = 1
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        latent = upstream.get("samples")
+        batch = latent["batch"] * inputs.get("amount", 1) if latent else None
+        return costs.made(costs.resized(latent, batch=batch))
 
     def execute(self, ctx) -> tuple:
         samples = _samples(self.samples)

@@ -14,6 +14,7 @@ import yaml
 
 from graphengine import Combo, Node, Output
 
+from . import costs
 from .handles import UNetModel, VaeModel
 
 # Family base -> the CLIP encoding scheme of nodes.clip.ClipModel, and the latent space used for previews.
@@ -105,6 +106,10 @@ class CheckpointLoaderSimple(Node):
     ckpt_name: Annotated[str, Combo(lambda s: s.folders.list("checkpoints"),
                                     tooltip="The name of the checkpoint (model) to load.")]
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.model_file(services, "checkpoints", inputs.get("ckpt_name"), 3)
+
     def execute(self, ctx) -> tuple:
         services = ctx.services
         with loading(self.ckpt_name):
@@ -122,6 +127,10 @@ class CheckpointLoader(Node):
 
     config_name: Annotated[str, Combo(lambda s: s.folders.list("configs"))]
     ckpt_name: Annotated[str, Combo(lambda s: s.folders.list("checkpoints"))]
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.model_file(services, "checkpoints", inputs.get("ckpt_name"), 3)
 
     def execute(self, ctx) -> tuple:
         services = ctx.services
@@ -142,6 +151,10 @@ class VAELoader(Node):
 
     vae_name: Annotated[str, Combo(lambda s: s.folders.list("vae"))]
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.model_file(services, "vae", inputs.get("vae_name"), 1)
+
     def execute(self, ctx) -> tuple:
         services = ctx.services
         with loading(self.vae_name):
@@ -160,6 +173,10 @@ class CLIPLoader(Node):
     type: Annotated[str, Combo(CLIP_TYPES)]
     device: Annotated[str, Combo(["default", "cpu"], optional=True, advanced=True)] = "default"
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.model_file(services, "text_encoders", inputs.get("clip_name"), 1)
+
     def execute(self, ctx) -> tuple:
         services = ctx.services
         with loading(self.clip_name):
@@ -177,6 +194,10 @@ class UNETLoader(Node):
 
     unet_name: Annotated[str, Combo(lambda s: s.folders.list("diffusion_models"))]
     weight_dtype: Annotated[str, Combo(UNET_WEIGHT_DTYPES)]
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.model_file(services, "diffusion_models", inputs.get("unet_name"), 1)
 
     def execute(self, ctx) -> tuple:
         # fp8 storage needs fp8-aware layers that diffusers' UNet lacks; those choices load at the manager's

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from graphengine import Boolean, Combo, Float, Int, Node, Output
 
+from . import costs
 from .types import MAX_RESOLUTION, Image, Mask
 
 CHANNELS = ["red", "green", "blue", "alpha"]
@@ -67,6 +68,11 @@ class SolidMask(Node):
     value: Annotated[float, Float(min=0.0, max=1.0, step=0.01)] = 1.0
     width: Annotated[int, Int(min=1, max=MAX_RESOLUTION)] = 512
     height: Annotated[int, Int(min=1, max=MAX_RESOLUTION)] = 512
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        size = costs.constants(inputs, "width", "height")
+        return costs.made(costs.mask(1, *size)) if size else None
 
     def execute(self, ctx) -> tuple:
         return (torch.full((1, self.height, self.width), float(self.value), dtype=torch.float32),)

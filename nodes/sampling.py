@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from graphengine import Combo, Float, Int, Node, Output
 from graphengine.spec import INT_LIMIT
 
+from . import costs
 from .previews import effective_preview_method, make_step_callback
 from .samplers.names import SAMPLER_NAMES, SCHEDULER_NAMES
 from .samplers.pipeline import ksample
@@ -60,6 +61,10 @@ class KSampler(Node):
     denoise: Annotated[float, Float(min=0.0, max=1.0, step=0.01,
                                     tooltip="The amount of denoising applied; lower keeps more of the input.")] = 1.0
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.sampling(upstream.get("latent_image"), inputs.get("steps", 0))
+
     def execute(self, ctx) -> tuple:
         latent = run_sampler(ctx, self.model, seed=self.seed, steps=self.steps, cfg=self.cfg,
                              sampler_name=self.sampler_name, scheduler=self.scheduler, positive=self.positive,
@@ -87,6 +92,11 @@ class KSamplerAdvanced(Node):
     start_at_step: Annotated[int, Int(min=0, max=MAX_STEPS)] = 0
     end_at_step: Annotated[int, Int(min=0, max=MAX_STEPS)] = MAX_STEPS
     return_with_leftover_noise: Annotated[str, Combo(["disable", "enable"])]
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        steps, start, end = (inputs.get(n, 0) for n in ("steps", "start_at_step", "end_at_step"))
+        return costs.sampling(upstream.get("latent_image"), min(steps, end) - start)
 
     def execute(self, ctx) -> tuple:
         latent = run_sampler(ctx, self.model, seed=self.noise_seed, steps=self.steps, cfg=self.cfg,

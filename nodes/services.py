@@ -44,6 +44,12 @@ class Services:
         if "manager" in self.__dict__:
             self.manager.free()
 
+    def vram_bytes(self) -> int:
+        """Memory of the GPU the nodes run on (0 without CUDA); admission control derives its VRAM budget from it."""
+        import torch
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory \
+            if torch.cuda.is_available() else 0
+
     def device_stats(self) -> list[dict[str, Any]]:
         """Devices for `/system_stats`, in ComfyUI's shape."""
         import torch

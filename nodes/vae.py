@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from graphengine import Boolean, Int, Node, Output, Socket
 
+from . import costs
 from .handles import crop_to_multiple
 from .types import Conditioning, Image, Latent, Mask, Vae
 
@@ -63,6 +64,10 @@ class VAEDecode(Node):
     samples: Annotated[dict, Socket("LATENT", tooltip="The latent to decode.")]
     vae: Annotated[object, Socket("VAE", tooltip="The VAE that decodes it.")]
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.vae_decode(upstream.get("samples"))
+
     def execute(self, ctx) -> tuple:
         return (self.vae.decode(self.samples["samples"]),)
 
@@ -76,6 +81,10 @@ class VAEEncode(Node):
 
     pixels: Image
     vae: Vae
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.vae_encode(upstream.get("pixels"))
 
     def execute(self, ctx) -> tuple:
         return ({"samples": self.vae.encode(self.pixels)},)
@@ -101,6 +110,10 @@ class VAEDecodeTiled(Node):
     temporal_size: TemporalSize = 64
     temporal_overlap: TemporalOverlap = 8
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.vae_decode(upstream.get("samples"), tile=inputs.get("tile_size", 512))
+
     def execute(self, ctx) -> tuple:
         downscale = self.vae.downscale
         tile = max(1, self.tile_size // downscale)
@@ -122,6 +135,10 @@ class VAEEncodeTiled(Node):
     temporal_size: TemporalSize = 64
     temporal_overlap: TemporalOverlap = 8
 
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.vae_encode(upstream.get("pixels"), tile=inputs.get("tile_size", 512))
+
     def execute(self, ctx) -> tuple:
         return ({"samples": self.vae.encode_tiled(self.pixels, self.tile_size, self.overlap)},)
 
@@ -137,6 +154,10 @@ class VAEEncodeForInpaint(Node):
     vae: Vae
     mask: Mask
     grow_mask_by: Annotated[int, Int(min=0, max=64)] = 6
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.vae_encode(upstream.get("pixels"))
 
     def execute(self, ctx) -> tuple:
         pixels, mask = prepare_inpaint(self.pixels, self.mask, self.vae.downscale)
@@ -158,6 +179,10 @@ class InpaintModelConditioning(Node):
     mask: Mask
     noise_mask: Annotated[bool, Boolean(tooltip="Also set the mask as the latent's noise mask, "
                                                 "so only the masked area is resampled.")] = True
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        return costs.vae_encode(upstream.get("pixels"), extra=(None, None))
 
     def execute(self, ctx) -> tuple:
         pixels, mask = prepare_inpaint(self.pixels, self.mask, self.vae.downscale)

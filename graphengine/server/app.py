@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..admission import AdmissionLimits
 from ..cache import ResultCache
 from ..queue import PromptQueue
 from ..registry import NodeRegistry
@@ -29,9 +30,11 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, *,
     queue = PromptQueue(config.database, config.max_history)
     hub = WebSocketHub(queue_limit=config.ws_queue_limit, send_timeout=config.ws_send_timeout,
                        server_flags=routes_info.server_flags_of(config))
+    limits = AdmissionLimits.for_machine(registry.services, **config.limits)
     worker = PromptWorker(queue, registry, hub, preview_method=config.preview_method,
-                          preview_size=config.preview_size, cache=cache, max_attempts=config.max_prompt_attempts)
-    state = ServerState(config, registry, queue, hub, worker)
+                          preview_size=config.preview_size, cache=cache, memory_budget=limits.memory_budget,
+                          max_attempts=config.max_prompt_attempts)
+    state = ServerState(config, registry, queue, hub, worker, limits)
     hub.status = state.status
     hub.on_connect = worker.reconnect_messages
 

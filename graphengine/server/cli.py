@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..admission import add_limit_arguments, limit_overrides
 from .app import create_app
 from .config import DEFAULT_MAX_PROMPT_ATTEMPTS, PREVIEW_METHODS, ServerConfig
 from .security import RedactingAccessLogger, TokenRedactingFilter
@@ -35,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
                    help="starts a prompt gets if the server dies while running it; then it is failed (default 2)")
     p.add_argument("--allowed-host", action="append", default=[], help="extra Host name to accept (repeatable)")
     p.add_argument("--log-level", default="INFO")
+    add_limit_arguments(p)
     return p
 
 
@@ -44,7 +46,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         listen=args.listen, port=args.port, auth_token=args.auth_token,
                         preview_method=args.preview_method, max_upload_size_mb=args.max_upload_size,
                         database=args.database, max_history=args.max_history,
-                        allowed_hosts=tuple(args.allowed_host), max_prompt_attempts=args.max_prompt_attempts)
+                        allowed_hosts=tuple(args.allowed_host), limits=limit_overrides(args),
+                        max_prompt_attempts=args.max_prompt_attempts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,7 @@ class ServerConfig:
     preview_size: int = 512
     max_prompt_attempts: int = DEFAULT_MAX_PROMPT_ATTEMPTS
     options: dict = field(default_factory=dict)  # passed to RuntimeConfig.options
+    limits: dict = field(default_factory=dict)  # AdmissionLimits fields over the machine's defaults (0: no limit)
 
     def __post_init__(self) -> None:
         self.base_dir = Path(self.base_dir)

@@ -9,9 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..admission import AdmissionLimits, admit
 from ..events import now_ms
 from ..queue import DuplicatePromptError, QueueItem
-from ..validation import PromptValidationError, validate_prompt
+from ..registry import NodeRegistry
+from ..validation import PromptValidationError, ValidatedPrompt, validate_prompt
 from .security import json_error
 from .state import BadRequest, add_route, query_int, read_json_object, state_of
 
@@ -49,6 +51,14 @@ def _number(body: dict[str, Any], counter: int) -> int | float:
     return int(number) if number.is_integer() else number
 
 
+def validate_and_admit(prompt: Any, registry: NodeRegistry, limits: AdmissionLimits,
+                       targets: Any = None) -> ValidatedPrompt:
+    """Validation, then admission control (both raise PromptValidationError with ComfyUI's 400 body)."""
+    validated = validate_prompt(prompt, registry, targets)
+    admit(validated, registry.services, limits)
+    return validated
+
+
 async def post_prompt(request: web.Request) -> web.Response:
     state = state_of(request)
     body = await read_json_object(request)
@@ -70,7 +80,7 @@ async def post_prompt(request: web.Request) -> web.Response:
     sensitive = {k: extra_data.pop(k) for k in SENSITIVE_KEYS if k in extra_data}
     loop = asyncio.get_running_loop()
     try:
-        validated = await loop.run_in_executor(None, validate_prompt, prompt, state.registry,
+        validated = await loop.run_in_executor(None, validate_and_admit, prompt, state.registry, state.limits,
                                                body.get("partial_execution_targets"))
     except PromptValidationError as exc:
         return web.json_response(exc.body(), status=400)

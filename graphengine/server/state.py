@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from ..admission import AdmissionLimits
 from ..limits import JsonTooDeepError, loads_limited
 from ..queue import PromptQueue
 from ..registry import NodeRegistry
@@ -26,6 +27,7 @@ class ServerState:
     queue: PromptQueue
     hub: WebSocketHub
     worker: PromptWorker
+    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
 
     def status(self) -> dict[str, Any]:
         return {"exec_info": {"queue_remaining": self.queue.remaining()}}

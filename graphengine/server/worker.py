@@ -14,6 +14,7 @@ from ..cache import ResultCache
 from ..context import CancelToken
 from ..events import Event, Executing, ProgressPreview, now_ms
 from ..executor import ExecutionResult, Executor
+from ..memory import MemoryGuard, process_rss
 from ..queue import PromptQueue, QueueItem
 from ..registry import NodeRegistry
 from ..validation import PromptValidationError, validate_prompt
@@ -94,13 +95,14 @@ def history_parts(result: ExecutionResult) -> tuple[dict[str, Any], dict[str, An
 class PromptWorker:
     def __init__(self, queue: PromptQueue, registry: NodeRegistry, hub: WebSocketHub, *,
                  preview_method: str = "none", preview_size: int = 512, cache: ResultCache | None = None,
-                 max_attempts: int = DEFAULT_MAX_PROMPT_ATTEMPTS) -> None:
+                 memory_budget: int | None = None, max_attempts: int = DEFAULT_MAX_PROMPT_ATTEMPTS) -> None:
         self.queue = queue
         self.max_attempts = max_attempts
         self.registry = registry
         self.hub = hub
         self.preview_method = preview_method
         self.preview_size = preview_size
+        self.memory_budget = memory_budget  # RSS over this cancels the running prompt with an out-of-memory error
         self.executor = Executor(registry, cache, emit_done=False)
         self.executor.events.subscribe(self._on_event)
         self._lock = threading.Lock()
@@ -209,14 +211,24 @@ class PromptWorker:
             result = failure_result(item.prompt_id, exc, error_type="PromptValidationError")
             self._publish_failure(item, result)
             return result
+        self._make_room()
         try:
-            return self.executor.execute(validated, prompt_id=item.prompt_id, extra_data=extra_data,
-                                         cancel=run.cancel)
+            with MemoryGuard(self.memory_budget, run.cancel):
+                return self.executor.execute(validated, prompt_id=item.prompt_id, extra_data=extra_data,
+                                             cancel=run.cancel)
         except Exception as exc:  # noqa: BLE001 - an engine bug becomes a failed prompt, not a dead worker
             log.exception("executor failed on prompt %s", item.prompt_id)
             result = failure_result(item.prompt_id, exc)
             self._publish_failure(item, result)
             return result
+
+    def _make_room(self) -> None:
+        """Already over the memory budget before a prompt starts: drop cached results rather than fail it."""
+        rss = process_rss()
+        if self.memory_budget and rss is not None and rss > self.memory_budget:
+            log.warning("RSS over the memory budget before a prompt; clearing the result cache")
+            self.executor.cache.clear()
+            gc.collect()
 
     def _publish_failure(self, item: QueueItem, result: ExecutionResult) -> None:
         if item.client_id:

@@ -11,10 +11,26 @@ from tests.samplers.golden import all_run_entries, manifest, tensors
 MS = ModelSamplingDiscrete()
 
 
-def _same(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    return actual.dtype == torch.float32 and actual.shape == expected.shape and torch.equal(
-        torch.nan_to_num(actual, nan=-1.0), torch.nan_to_num(expected, nan=-1.0)
-    )
+# Karras raises float32 tensors to the 7th power; torch's vectorised float32 pow is within 1 ulp but rounds
+# differently on AVX2 and AVX-512 CPUs, so the recorded numbers are matched exactly or to that ulp.
+POW_ULPS = {"karras": 1}
+
+
+def _same(actual: torch.Tensor, expected: torch.Tensor, ulps: int = 0) -> bool:
+    if actual.dtype != torch.float32 or actual.shape != expected.shape:
+        return False
+    actual, expected = torch.nan_to_num(actual, nan=-1.0), torch.nan_to_num(expected, nan=-1.0)
+    if ulps == 0:
+        return torch.equal(actual, expected)
+    one_ulp = (torch.nextafter(expected, torch.full_like(expected, float("inf"))) - expected).abs()
+    return bool(((actual - expected).abs() <= ulps * one_ulp).all())
+
+
+def test_ulp_tolerance_is_one_step_of_float32():
+    x = torch.tensor([0.1450222283601761])
+    assert _same(torch.nextafter(x, torch.tensor([1.0])), x, ulps=1)
+    assert not _same(torch.nextafter(torch.nextafter(x, torch.tensor([1.0])), torch.tensor([1.0])), x, ulps=1)
+    assert not _same(torch.nextafter(x, torch.tensor([1.0])), x)
 
 
 def _keys(prefix: str) -> list[str]:
@@ -30,7 +46,9 @@ def test_scheduler_table_order_is_comfyui_order():
 def test_raw_schedules_are_exact(scheduler):
     keys = _keys(f"raw/{scheduler}/")
     assert keys
-    wrong = [k for k in keys if not _same(calculate_sigmas(MS, scheduler, int(k.split("n=")[1])), tensors("schedules")[k])]
+    ulps = POW_ULPS.get(scheduler, 0)
+    wrong = [k for k in keys
+             if not _same(calculate_sigmas(MS, scheduler, int(k.split("n=")[1])), tensors("schedules")[k], ulps)]
     assert not wrong
 
 
@@ -43,7 +61,7 @@ def test_ksampler_vectors_are_exact(scheduler):
         _, _, steps, denoise, variant = key.split("/")
         sampler = "dpm_2" if variant == "discard_penultimate" else "euler"
         sigmas = ksampler_sigmas(MS, scheduler, int(steps[6:]), float(denoise[8:]), sampler)
-        if not _same(sigmas, tensors("schedules")[key]):
+        if not _same(sigmas, tensors("schedules")[key], POW_ULPS.get(scheduler, 0)):
             wrong.append(key)
     assert not wrong
 
