@@ -64,7 +64,7 @@ class VAEDecode(Node):
     vae: Annotated[object, Socket("VAE", tooltip="The VAE that decodes it.")]
 
     def execute(self, ctx) -> tuple:
-        return (self.vae.decode(self.samples["samples"]),)
+        return (self.vae.decode(self.samples["samples"], ctx.progress),)
 
 
 class VAEEncode(Node):
@@ -78,7 +78,7 @@ class VAEEncode(Node):
     vae: Vae
 
     def execute(self, ctx) -> tuple:
-        return ({"samples": self.vae.encode(self.pixels)},)
+        return ({"samples": self.vae.encode(self.pixels, ctx.progress)},)
 
 
 TileSize = Annotated[int, Int(min=64, max=4096, step=32)]
@@ -105,7 +105,7 @@ class VAEDecodeTiled(Node):
         downscale = self.vae.downscale
         tile = max(1, self.tile_size // downscale)
         overlap = self.overlap // downscale
-        return (self.vae.decode_tiled(self.samples["samples"], tile, overlap),)
+        return (self.vae.decode_tiled(self.samples["samples"], tile, overlap, ctx.progress),)
 
 
 class VAEEncodeTiled(Node):
@@ -123,7 +123,7 @@ class VAEEncodeTiled(Node):
     temporal_overlap: TemporalOverlap = 8
 
     def execute(self, ctx) -> tuple:
-        return ({"samples": self.vae.encode_tiled(self.pixels, self.tile_size, self.overlap)},)
+        return ({"samples": self.vae.encode_tiled(self.pixels, self.tile_size, self.overlap, ctx.progress)},)
 
 
 class VAEEncodeForInpaint(Node):
@@ -140,7 +140,7 @@ class VAEEncodeForInpaint(Node):
 
     def execute(self, ctx) -> tuple:
         pixels, mask = prepare_inpaint(self.pixels, self.mask, self.vae.downscale)
-        latent = self.vae.encode(grey_out(pixels, mask))
+        latent = self.vae.encode(grey_out(pixels, mask), ctx.progress)
         return ({"samples": latent, "noise_mask": grow_mask(mask, self.grow_mask_by)},)
 
 
@@ -161,8 +161,8 @@ class InpaintModelConditioning(Node):
 
     def execute(self, ctx) -> tuple:
         pixels, mask = prepare_inpaint(self.pixels, self.mask, self.vae.downscale)
-        masked_latent = self.vae.encode(grey_out(pixels, mask))
-        latent = {"samples": self.vae.encode(pixels)}
+        masked_latent = self.vae.encode(grey_out(pixels, mask), ctx.progress)
+        latent = {"samples": self.vae.encode(pixels, ctx.progress)}
         if self.noise_mask:
             latent["noise_mask"] = mask
         extra = {"concat_latent_image": masked_latent, "concat_mask": mask}
