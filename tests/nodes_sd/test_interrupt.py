@@ -297,3 +297,68 @@ def test_checkpoint_loading_stops_between_components(env):
         torch.testing.assert_close(result.outputs["out"]["value"][0][0][0], reference[0][0])
     finally:
         copy.unlink()
+
+
+def test_server_interrupt_stops_a_huge_text_encode_and_the_next_prompt_runs(env, tmp_path):
+    from tests.server.harness import async_test, receive_json, receive_until_done, serve
+
+    huge = with_ckpt(enc={"class_type": "CLIPTextEncode", "inputs": {"text": "a " * 1_000_000, "clip": ["ckpt", 1]}},
+                     zero={"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["enc", 0]}},
+                     sample=ksampler(1)["sample"], pos=ksampler(1)["pos"], empty=empty_latent(1),
+                     dec={"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
+                     save={"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": "srv"}})
+    huge["sample"]["inputs"]["negative"] = ["zero", 0]
+    normal = {**huge, "enc": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}}}
+
+    @async_test
+    async def scenario():
+        async with serve(tmp_path, registry=env.registry) as srv:
+            ws = await srv.ws("huge")
+            await receive_json(ws)
+            reply = await srv.post_prompt(huge, client_id="huge")
+            while True:  # the text node is working: it reported its first unit (of tokenizing)
+                message = await receive_json(ws)
+                if message["type"] == "progress" and message["data"]["node"] == "enc":
+                    first = message["data"]
+                    break
+            assert (await srv.client.post("/interrupt")).status == 200
+            frames = await receive_until_done(ws, reply["prompt_id"])
+            kinds = [kind for kind, _ in frames]
+            assert "execution_interrupted" in kinds and "execution_success" not in kinds
+            assert next(d for k, d in frames if k == "execution_interrupted")["node_id"] == "enc"
+            ticks = [first] + [d for k, d in frames if k == "progress" and d["node"] == "enc"]
+            assert ticks[-1]["value"] < ticks[-1]["max"]  # it stopped inside the node's work, not after it
+
+            reply = await srv.post_prompt(normal, client_id="huge")
+            frames = await receive_until_done(ws, reply["prompt_id"])
+            assert "execution_success" in [kind for kind, _ in frames]
+            entry = await srv.wait_history(reply["prompt_id"])
+            assert len(entry["outputs"]["save"]["images"]) == 1
+            await ws.close()
+
+    scenario()
+
+
+def test_depth_estimation_of_a_batch_stops_between_calls(env):
+    from nodes.depth import _estimate_depth, load_dpt_model, load_dpt_processor
+
+    services = env.registry.services
+    path = services.folders.resolve("depth", "tiny_dpt")
+    dpt = services.manager.get(("depth", str(path)), lambda: load_dpt_model(path), "depth")
+    prompt = with_ckpt(empty=empty_latent(9),
+                       dec={"class_type": "VAEDecode", "inputs": {"samples": ["empty", 0], "vae": ["ckpt", 2]}},
+                       depth={"class_type": "DepthEstimate", "inputs": {"image": ["dec", 0], "model_name": "tiny_dpt"}},
+                       out=capture(["depth", 0]), pixels=capture(["dec", 0]))
+    executor = Executor(env.registry)
+    token = CancelToken()
+    executor.events.subscribe(cancel_at_progress(token, "depth", 1))
+    with counting_calls(dpt) as calls:
+        result = run(executor, prompt, token)
+    assert interrupted_at(result, "depth")
+    assert len(calls) == 2  # of 3 calls (4, 4 and 1 images)
+
+    result = run(executor, prompt)
+    assert result.ok, result.error
+    pixels = result.outputs["pixels"]["value"][0]
+    expected = _estimate_depth(dpt, load_dpt_processor(path), pixels, None)  # the whole batch in one call
+    torch.testing.assert_close(result.outputs["out"]["value"][0], expected)
