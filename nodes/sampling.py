@@ -42,6 +42,8 @@ class CancellableModel:
         self.interrupt = interrupt
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("model", "interrupt"):  # not set yet (e.g. while copying): no recursion
+            raise AttributeError(name)
         return getattr(self.model, name)
 
     def apply_model(self, *args: Any, **kwargs: Any) -> Any:

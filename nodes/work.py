@@ -21,8 +21,8 @@ Interrupt = Callable[[], None]
 Unit = TypeVar("Unit")
 Result = TypeVar("Result")
 
-# Latent pixels (rows × height × width) per network call.
-UNET_CALL_PIXELS = {"cpu": 4096, "accelerator": 32768}
+# Latent pixels (rows × height × width) per network call; SD1.5 at 512 px keeps its cond + uncond rows together.
+UNET_CALL_PIXELS = {"cpu": 8192, "accelerator": 32768}
 VAE_CALL_PIXELS = {"cpu": 512, "accelerator": 16384}
 # Tensor elements (input or output, whichever is bigger) per chunk of a plain op (resize, invert) over a batch.
 BATCH_OP_ELEMENTS = 1 << 22
