@@ -48,7 +48,7 @@ class CLIPTextEncode(Node):
         return costs.text_encode(inputs.get("text"))
 
     def execute(self, ctx) -> tuple:
-        return (_require_clip(self.clip).encode_conditioning(self.text),)
+        return (_require_clip(self.clip).encode_conditioning(self.text, progress=ctx.progress),)
 
 
 class CLIPSetLastLayer(Node):
@@ -268,12 +268,12 @@ class CLIPTextEncodeSDXL(Node):
 
     def execute(self, ctx) -> tuple:
         clip = _require_clip(self.clip)
-        tokens = clip.tokenize(self.text_g)
+        tokens = clip.tokenize(self.text_g, ctx.progress)
         if "l" in tokens:
-            tokens["l"] = clip.tokenize(self.text_l)["l"]
+            tokens["l"] = clip.tokenize(self.text_l, ctx.progress)["l"]
         if "l" in tokens and "g" in tokens and len(tokens["l"]) != len(tokens["g"]):
             tokens = _pad_to_same_windows(tokens, clip.tokenize(""))
-        cond, pooled = clip.encode_tokens(tokens)
+        cond, pooled = clip.encode_tokens(tokens, ctx.progress)
         extras = {"pooled_output": pooled, "width": self.width, "height": self.height, "crop_w": self.crop_w,
                   "crop_h": self.crop_h, "target_width": self.target_width, "target_height": self.target_height}
         return ([[cond, extras]],)
@@ -296,7 +296,7 @@ class CLIPTextEncodeSDXLRefiner(Node):
 
     def execute(self, ctx) -> tuple:
         conditioning = _require_clip(self.clip).encode_conditioning(
-            self.text, aesthetic_score=self.ascore, width=self.width, height=self.height)
+            self.text, progress=ctx.progress, aesthetic_score=self.ascore, width=self.width, height=self.height)
         return (conditioning,)
 
 

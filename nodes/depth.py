@@ -16,6 +16,9 @@ from .handles import LATENT_DOWNSCALE, module_device_dtype, on_compute_device
 from .loaders import loading
 from .types import Conditioning, Image
 from .vae import with_options
+from .work import Progress, map_rows
+
+DEPTH_IMAGES_PER_CALL = 4
 
 
 def normalize_per_image(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -66,8 +69,15 @@ def load_dpt_processor(path: Path) -> Any:
     return AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
 
 
-def estimate_depth(model: torch.nn.Module, processor: Any, images: torch.Tensor, manager: Any = None) -> torch.Tensor:
-    """IMAGE [B,H,W,C] -> relative depth (near = bright) IMAGE [B,H,W,3] in 0..1, each image normalized."""
+def estimate_depth(model: torch.nn.Module, processor: Any, images: torch.Tensor, manager: Any = None,
+                   progress: Progress | None = None) -> torch.Tensor:
+    """IMAGE [B,H,W,C] -> relative depth (near = bright) IMAGE [B,H,W,3] in 0..1, each image normalized; a batch
+    runs DEPTH_IMAGES_PER_CALL images at a time with progress(i, n) before each call."""
+    return map_rows(lambda chunk: _estimate_depth(model, processor, chunk, manager), images, DEPTH_IMAGES_PER_CALL,
+                    progress)
+
+
+def _estimate_depth(model: torch.nn.Module, processor: Any, images: torch.Tensor, manager: Any) -> torch.Tensor:
     height, width = images.shape[1], images.shape[2]
     pil = [PILImage.fromarray((img[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
            for img in images]
@@ -96,7 +106,7 @@ class DepthEstimate(Node):
             path = services.folders.resolve("depth", self.model_name)
             model = services.manager.get(("depth", str(path)), lambda: load_dpt_model(path), "depth")
             processor = load_dpt_processor(path)
-        return (estimate_depth(model, processor, self.image, services.manager),)
+        return (estimate_depth(model, processor, self.image, services.manager, ctx.progress),)
 
 
 NODE_CLASSES = [DepthConditioning, DepthEstimate]

@@ -4,7 +4,8 @@
 and v, 9-channel inpaint, 5-channel depth, SDXL's added `text_embeds`/`time_ids` conditioning). `VaeModel` wraps an
 `AutoencoderKL`: ComfyUI's IMAGE <-> LATENT conventions, tiled encode/decode and an automatic tiled retry when a
 full-size pass runs out of memory. Both run their module inside `manager.use(...)`, which puts it on the compute
-device for the duration of the call.
+device for the duration of the call. Big batches run in row chunks (and tiled passes tile by tile) with a
+cancellation check between them (see `nodes.work`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 
 from .samplers.conds import repeat_to_batch
 from .samplers.model_sampling import ModelSamplingDiscrete
+from .work import (UNET_CALL_PIXELS, VAE_CALL_PIXELS, Interrupt, Progress, cancel_checks, device_budget, map_rows,
+                   row_chunks, rows_per_call, run_units)
 
 LATENT_DOWNSCALE = 8
 # SDXL micro-conditioning defaults when the conditioning does not say (ComfyUI's).
@@ -43,6 +46,17 @@ def on_compute_device(manager: Any, module: torch.nn.Module) -> Iterator[torch.n
 def module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     param = next(module.parameters())
     return param.device, param.dtype
+
+
+def compute_device(manager: Any, module: torch.nn.Module) -> torch.device:
+    """Where `module` runs: the manager's compute device, else where the module is."""
+    device = getattr(manager, "device", None)
+    return torch.device(device) if device is not None else module_device_dtype(module)[0]
+
+
+def batch_rows(value: torch.Tensor, rows: slice, batch: int) -> torch.Tensor:
+    """`value[rows]` when it has one row per batch item, else `value` (broadcast over the batch)."""
+    return value[rows] if value.ndim > 0 and value.shape[0] == batch else value
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -143,20 +157,31 @@ class UNetModel:
         return {"text_embeds": pooled, "time_ids": ids.unsqueeze(0).repeat(batch, 1)}
 
     def apply_model(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                    concat: torch.Tensor | None = None, **extra: Any) -> torch.Tensor:
+                    concat: torch.Tensor | None = None, *, interrupt: Interrupt | None = None,
+                    **extra: Any) -> torch.Tensor:
+        """Network output for a batch; a big batch runs in row chunks with `interrupt()` before each chunk."""
         if context.shape[-1] != self.context_dim:
             raise ValueError(f"conditioning width {context.shape[-1]} does not fit this model (expects "
                              f"{self.context_dim}): the CLIP and the MODEL come from different model families")
         x = x_in if concat is None else torch.cat([x_in, concat.to(x_in)], dim=1)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"the model takes {self.in_channels} input channels, got {x.shape[1]}")
+        batch = x.shape[0]
         with on_compute_device(self.manager, self.unet) as unet:
             device, dtype = module_device_dtype(unet)
-            added = {k: v.to(device, dtype) for k, v in extra.items()} if self.sdxl is not None else None
-            with torch.no_grad():
-                out = unet(x.to(device, dtype), t.to(device), encoder_hidden_states=context.to(device, dtype),
-                           added_cond_kwargs=added, return_dict=False)[0]
-        return out.to(x_in.device, torch.float32)
+
+            def run(rows: slice) -> torch.Tensor:
+                added = {k: batch_rows(v, rows, batch).to(device, dtype) for k, v in extra.items()} \
+                    if self.sdxl is not None else None
+                with torch.no_grad():
+                    out = unet(x[rows].to(device, dtype), batch_rows(t, rows, batch).to(device),
+                               encoder_hidden_states=batch_rows(context, rows, batch).to(device, dtype),
+                               added_cond_kwargs=added, return_dict=False)[0]
+                return out.to(x_in.device, torch.float32)
+
+            per_call = rows_per_call(x.shape[-2] * x.shape[-1], device_budget(UNET_CALL_PIXELS, device))
+            outs = run_units(row_chunks(batch, per_call), run, cancel_checks(interrupt) if interrupt else None)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 # -- tiling ----------------------------------------------------------------------------------------------------------
@@ -180,22 +205,28 @@ def feather_weights(height: int, width: int, feather: int) -> torch.Tensor:
 
 
 def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, tile: int, overlap: int,
-              scale: float, out_channels: int, align: int = 1) -> torch.Tensor:
-    """Apply a spatial map (output size = input size × scale) tile by tile, blending overlaps with ramps."""
+              scale: float, out_channels: int, align: int = 1, progress: Progress | None = None) -> torch.Tensor:
+    """Apply a spatial map (output size = input size × scale) tile by tile, blending overlaps with ramps;
+    `progress(i, tiles)` before each tile."""
     batch, _, height, width = x.shape
     out_h, out_w = round(height * scale), round(width * scale)
     total = torch.zeros(batch, out_channels, out_h, out_w)
     weight = torch.zeros(1, 1, out_h, out_w)
     tile_h, tile_w = min(tile, height), min(tile, width)
     feather = max(1, round(overlap * scale / 2))
-    for y in tile_starts(height, tile_h, overlap, align):
-        for x0 in tile_starts(width, tile_w, overlap, align):
-            piece = fn(x[:, :, y:y + tile_h, x0:x0 + tile_w]).to("cpu", torch.float32)
-            oy, ox = round(y * scale), round(x0 * scale)
-            ph, pw = piece.shape[-2:]
-            w = feather_weights(ph, pw, feather)
-            total[:, :, oy:oy + ph, ox:ox + pw] += piece * w
-            weight[:, :, oy:oy + ph, ox:ox + pw] += w
+
+    def add_tile(start: tuple[int, int]) -> None:
+        y, x0 = start
+        piece = fn(x[:, :, y:y + tile_h, x0:x0 + tile_w]).to("cpu", torch.float32)
+        oy, ox = round(y * scale), round(x0 * scale)
+        ph, pw = piece.shape[-2:]
+        w = feather_weights(ph, pw, feather)
+        total[:, :, oy:oy + ph, ox:ox + pw] += piece * w
+        weight[:, :, oy:oy + ph, ox:ox + pw] += w
+
+    starts = [(y, x0) for y in tile_starts(height, tile_h, overlap, align)
+              for x0 in tile_starts(width, tile_w, overlap, align)]
+    run_units(starts, add_tile, progress)
     return total / weight
 
 
@@ -252,37 +283,58 @@ class VaeModel:
     def _pixels_out(decoded: torch.Tensor) -> torch.Tensor:
         return ((decoded + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).contiguous()
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Posterior mean of the (centre-cropped) pixels; retries tiled on out-of-memory."""
-        x = self._pixels_in(pixels)
+    def _rows_per_call(self, latent_pixels: int) -> int:
+        return rows_per_call(latent_pixels, device_budget(VAE_CALL_PIXELS, compute_device(self.manager, self.vae)))
+
+    def _encode_rows(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         try:
             return self._encode_raw(x)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
         d = self.downscale
-        return retry_tiled(lambda tile, overlap: self._encode_tiled_in(x, tile * d, overlap * d))
+        return retry_tiled(lambda tile, overlap: self._encode_tiled_in(x, tile * d, overlap * d, progress))
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """IMAGE [B,H,W,3] 0..1 from a raw latent; retries tiled on out-of-memory."""
-        latent = latent.to(torch.float32)
+    def _decode_rows(self, latent: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         try:
             return self._pixels_out(self._decode_raw(latent))
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-        return retry_tiled(lambda tile, overlap: self.decode_tiled(latent, tile, overlap))
+        return retry_tiled(lambda tile, overlap: self.decode_tiled(latent, tile, overlap, progress))
 
-    def _encode_tiled_in(self, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    def encode(self, pixels: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+        """Posterior mean of the (centre-cropped) pixels; a big batch runs in row chunks with progress(i, n)
+        before each; retries tiled on out-of-memory."""
+        x = self._pixels_in(pixels)
+        rows = self._rows_per_call(x.shape[-2] * x.shape[-1] // self.downscale ** 2)
+        if x.shape[0] <= rows:  # one pass: an out-of-memory retry reports its tiles instead
+            return self._encode_rows(x, progress)
+        return map_rows(self._encode_rows, x, rows, progress)
+
+    def decode(self, latent: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+        """IMAGE [B,H,W,3] 0..1 from a raw latent; a big batch runs in row chunks with progress(i, n) before
+        each; retries tiled on out-of-memory."""
+        latent = latent.to(torch.float32)
+        rows = self._rows_per_call(latent.shape[-2] * latent.shape[-1])
+        if latent.shape[0] <= rows:
+            return self._decode_rows(latent, progress)
+        return map_rows(self._decode_rows, latent, rows, progress)
+
+    def _encode_tiled_in(self, x: torch.Tensor, tile: int, overlap: int,
+                         progress: Progress | None = None) -> torch.Tensor:
         return tiled_map(self._encode_raw, x, tile=tile, overlap=overlap, scale=1 / self.downscale,
-                         out_channels=self.latent_channels, align=self.downscale)
+                         out_channels=self.latent_channels, align=self.downscale, progress=progress)
 
-    def encode_tiled(self, pixels: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
-        """Encode in pixel tiles of `tile_size` sharing `overlap` pixels."""
-        return self._encode_tiled_in(self._pixels_in(pixels), tile_size, min(overlap, tile_size // 4))
+    def encode_tiled(self, pixels: torch.Tensor, tile_size: int, overlap: int,
+                     progress: Progress | None = None) -> torch.Tensor:
+        """Encode in pixel tiles of `tile_size` sharing `overlap` pixels; progress(i, tiles) before each tile."""
+        return self._encode_tiled_in(self._pixels_in(pixels), tile_size, min(overlap, tile_size // 4), progress)
 
-    def decode_tiled(self, latent: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
-        """Decode in latent tiles of `tile_size` sharing `overlap` latent pixels."""
+    def decode_tiled(self, latent: torch.Tensor, tile_size: int, overlap: int,
+                     progress: Progress | None = None) -> torch.Tensor:
+        """Decode in latent tiles of `tile_size` sharing `overlap` latent pixels; progress(i, tiles) before each."""
         decoded = tiled_map(self._decode_raw, latent.to(torch.float32), tile=tile_size,
-                            overlap=min(overlap, tile_size // 4), scale=self.downscale, out_channels=3)
+                            overlap=min(overlap, tile_size // 4), scale=self.downscale, out_channels=3,
+                            progress=progress)
         return self._pixels_out(decoded)

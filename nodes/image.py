@@ -20,6 +20,7 @@ from .imageio import (annotated_path, check_relative_name, common_upscale, exist
                       frame_channel, frame_to_rgb, list_image_files, png_text_chunks, read_frames, save_images,
                       scaled_size, split_annotation)
 from .types import MAX_RESOLUTION, Image
+from .work import map_batch
 
 IMAGE_UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CROP_METHODS = ["disabled", "center"]
@@ -159,7 +160,7 @@ class SaveImage(Node):
 
     def execute(self, ctx) -> NodeOutput:
         results = save_images(self.images, ctx.services.output_dir, self.filename_prefix, _metadata(ctx),
-                              SAVE_COMPRESS_LEVEL, "output")
+                              SAVE_COMPRESS_LEVEL, "output", interrupt=ctx.check_cancelled)
         return NodeOutput((), ui={"images": results})
 
 
@@ -176,13 +177,15 @@ class PreviewImage(Node):
     def execute(self, ctx) -> NodeOutput:
         suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
         results = save_images(self.images, ctx.services.temp_dir, f"ComfyUI_temp_{suffix}", _metadata(ctx),
-                              PREVIEW_COMPRESS_LEVEL, "temp")
+                              PREVIEW_COMPRESS_LEVEL, "temp", interrupt=ctx.check_cancelled)
         return NodeOutput((), ui={"images": results})
 
 
-def _resize_images(images: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
-    channels_first = images.movedim(-1, 1)
-    return common_upscale(channels_first, width, height, method, crop).movedim(1, -1)
+def _resize_images(ctx, images: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """Resize in chunks of the batch, checking for cancellation between them."""
+    def resize(chunk: torch.Tensor) -> torch.Tensor:
+        return common_upscale(chunk.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
+    return map_batch(resize, images, ctx.check_cancelled, images.shape[-1] * width * height)
 
 
 class ImageScale(Node):
@@ -205,7 +208,7 @@ class ImageScale(Node):
         if self.width == 0 and self.height == 0:
             return (self.image,)
         width, height = scaled_size(self.image.shape[2], self.image.shape[1], self.width, self.height, 1)
-        return (_resize_images(self.image, width, height, self.upscale_method, self.crop),)
+        return (_resize_images(ctx, self.image, width, height, self.upscale_method, self.crop),)
 
 
 class ImageScaleBy(Node):
@@ -225,7 +228,7 @@ class ImageScaleBy(Node):
     def execute(self, ctx) -> tuple:
         width = max(1, round(self.image.shape[2] * self.scale_by))
         height = max(1, round(self.image.shape[1] * self.scale_by))
-        return (_resize_images(self.image, width, height, self.upscale_method, "disabled"),)
+        return (_resize_images(ctx, self.image, width, height, self.upscale_method, "disabled"),)
 
 
 class ImageInvert(Node):
@@ -237,7 +240,7 @@ class ImageInvert(Node):
     image: Image
 
     def execute(self, ctx) -> tuple:
-        return (1.0 - self.image,)
+        return (map_batch(lambda chunk: 1.0 - chunk, self.image, ctx.check_cancelled),)
 
 
 def outpaint_feather(height: int, width: int, feathering: int, sides: tuple[bool, bool, bool, bool]) -> torch.Tensor:

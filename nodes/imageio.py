@@ -11,7 +11,7 @@ import os
 import re
 import urllib.parse
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,8 +287,9 @@ def save_target(root: Path | str, prefix: str, width: int, height: int,
 
 
 def save_images(images: torch.Tensor, root: Path | str, prefix: str, text: Mapping[str, str], compress_level: int,
-                kind: str) -> list[dict[str, str]]:
-    """Save a batch as PNGs named like ComfyUI; returns the UI entries `{"filename", "subfolder", "type"}`."""
+                kind: str, interrupt: Callable[[], None] | None = None) -> list[dict[str, str]]:
+    """Save a batch as PNGs named like ComfyUI; returns the UI entries `{"filename", "subfolder", "type"}`.
+    `interrupt()` is called before each image (it raises to stop; the images already written stay)."""
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4 or images.shape[0] == 0:
@@ -297,6 +298,8 @@ def save_images(images: torch.Tensor, root: Path | str, prefix: str, text: Mappi
     counter = target.counter
     results = []
     for batch_number, image in enumerate(images):
+        if interrupt is not None:
+            interrupt()
         pixels = to_uint8(image)
         while True:
             name = target.file_name(batch_number, counter)

@@ -12,6 +12,7 @@ from graphengine import Combo, Float, Int, Node, Output
 from . import costs
 from .imageio import common_upscale, scaled_size
 from .types import MAX_RESOLUTION, Latent, Mask
+from .work import map_batch
 
 LATENT_CHANNELS = 4  # SD1/SD2/SDXL and the demo model; an all-zero latent is reshaped at sampling time
 LATENT_UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
@@ -30,6 +31,12 @@ def _masks_for_batch(masks: torch.Tensor, batch: int) -> torch.Tensor:
     if masks.shape[0] < batch:
         masks = masks.repeat(math.ceil(batch / masks.shape[0]), *([1] * (masks.ndim - 1)))[:batch]
     return masks
+
+
+def upscale_latents(ctx, samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """common_upscale over a batch in chunks, checking for cancellation between them."""
+    return map_batch(lambda chunk: common_upscale(chunk, width, height, method, crop), samples, ctx.check_cancelled,
+                     samples.shape[1] * width * height)
 
 
 class EmptyLatentImage(Node):
@@ -75,7 +82,7 @@ class LatentUpscale(Node):
             return (out,)
         width, height = scaled_size(samples.shape[-1], samples.shape[-2], self.width, self.height,
                                     MIN_LATENT_UPSCALE_PIXELS)
-        out["samples"] = common_upscale(samples, width // 8, height // 8, self.upscale_method, self.crop)
+        out["samples"] = upscale_latents(ctx, samples, width // 8, height // 8, self.upscale_method, self.crop)
         return (out,)
 
 
@@ -98,7 +105,7 @@ class LatentUpscaleBy(Node):
         width = max(1, round(samples.shape[-1] * self.scale_by))
         height = max(1, round(samples.shape[-2] * self.scale_by))
         out = dict(self.samples)
-        out["samples"] = common_upscale(samples, width, height, self.upscale_method, "disabled")
+        out["samples"] = upscale_latents(ctx, samples, width, height, self.upscale_method, "disabled")
         return (out,)
 
 
@@ -137,6 +144,15 @@ class LatentFromBatch(Node):
         return (out,)
 
 
+def repeated(ctx, samples: torch.Tensor, amount: int) -> torch.Tensor:
+    """samples.repeat(amount, 1, …), one copy at a time with a cancellation check before each."""
+    out = samples.new_empty((samples.shape[0] * amount, *samples.shape[1:]))
+    for index in range(amount):
+        ctx.check_cancelled()
+        out[index * samples.shape[0]:(index + 1) * samples.shape[0]] = samples
+    return out
+
+
 class RepeatLatentBatch(Node):
     """Repeat a latent batch `amount` times."""
 
@@ -156,7 +172,7 @@ class RepeatLatentBatch(Node):
         samples = _samples(self.samples)
         batch = samples.shape[0]
         out = dict(self.samples)
-        out["samples"] = samples.repeat(self.amount, *([1] * (samples.ndim - 1)))
+        out["samples"] = repeated(ctx, samples, self.amount)
         masks = self.samples.get("noise_mask")
         if masks is not None and masks.shape[0] > 1:
             masks = _masks_for_batch(masks, batch)

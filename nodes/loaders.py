@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import yaml
 
-from graphengine import Combo, Node, Output
+from graphengine import Combo, Interrupted, Node, Output
 
 from . import costs
 from .handles import UNetModel, VaeModel
@@ -39,6 +39,8 @@ def loading(name: str) -> Iterator[None]:
     """Report any failure while resolving or loading `name` as a ModelLoadError naming the file."""
     try:
         yield
+    except Interrupted:
+        raise
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the user needs to know which file
         raise _named(name, exc) from exc
 
@@ -113,7 +115,8 @@ class CheckpointLoaderSimple(Node):
     def execute(self, ctx) -> tuple:
         services = ctx.services
         with loading(self.ckpt_name):
-            loaded = services.manager.load_checkpoint(services.folders.resolve("checkpoints", self.ckpt_name))
+            loaded = services.manager.load_checkpoint(services.folders.resolve("checkpoints", self.ckpt_name),
+                                                      interrupt=ctx.check_cancelled)
         return checkpoint_outputs(ctx, loaded)
 
 
@@ -138,7 +141,7 @@ class CheckpointLoader(Node):
             prediction = prediction_from_config(services.folders.resolve("configs", self.config_name))
         with loading(self.ckpt_name):
             path = services.folders.resolve("checkpoints", self.ckpt_name)
-            loaded = services.manager.load_checkpoint(path, prediction_type=prediction)
+            loaded = services.manager.load_checkpoint(path, prediction_type=prediction, interrupt=ctx.check_cancelled)
         return checkpoint_outputs(ctx, loaded)
 
 

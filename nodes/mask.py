@@ -11,6 +11,7 @@ from graphengine import Boolean, Combo, Float, Int, Node, Output
 
 from . import costs
 from .types import MAX_RESOLUTION, Image, Mask
+from .work import map_batch
 
 CHANNELS = ["red", "green", "blue", "alpha"]
 COMPOSITE_OPERATIONS = ["multiply", "add", "subtract", "and", "or", "xor"]
@@ -86,7 +87,7 @@ class InvertMask(Node):
     mask: Mask
 
     def execute(self, ctx) -> tuple:
-        return (1.0 - as_mask_batch(self.mask),)
+        return (map_batch(lambda chunk: 1.0 - chunk, as_mask_batch(self.mask), ctx.check_cancelled),)
 
 
 class GrowMask(Node):
@@ -144,7 +145,8 @@ class MaskToImage(Node):
     mask: Mask
 
     def execute(self, ctx) -> tuple:
-        return (as_mask_batch(self.mask).unsqueeze(-1).expand(-1, -1, -1, 3).clone(),)
+        return (map_batch(lambda chunk: chunk.unsqueeze(-1).expand(-1, -1, -1, 3).clone(), as_mask_batch(self.mask),
+                          ctx.check_cancelled),)
 
 
 class ImageToMask(Node):
@@ -198,7 +200,7 @@ class ThresholdMask(Node):
     value: Annotated[float, Float(min=0.0, max=1.0, step=0.01)] = 0.5
 
     def execute(self, ctx) -> tuple:
-        return ((as_mask_batch(self.mask) > self.value).float(),)
+        return (map_batch(lambda chunk: (chunk > self.value).float(), as_mask_batch(self.mask), ctx.check_cancelled),)
 
 
 NODE_CLASSES = [SolidMask, InvertMask, GrowMask, FeatherMask, MaskToImage, ImageToMask, MaskComposite, ThresholdMask]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from graphengine import Combo, Float, Int, Node, Output
@@ -34,12 +35,29 @@ def _pinned(model: Any):
     return manager.use(unet)
 
 
+class CancellableModel:
+    """A MODEL whose network calls check for cancellation between sub-batches of a big batch."""
+
+    def __init__(self, model: Any, interrupt: Callable[[], None]) -> None:
+        self.model = model
+        self.interrupt = interrupt
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("model", "interrupt"):  # not set yet (e.g. while copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def apply_model(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.apply_model(*args, interrupt=self.interrupt, **kwargs)
+
+
 def run_sampler(ctx: Any, model: Any, **kwargs: Any) -> dict:
     """`ksample` with progress per step (and previews when enabled) through the node context."""
     ctx.check_cancelled()
     method = effective_preview_method(ctx.services, ctx.extra_data)
     with _pinned(model):
-        return ksample(model, callback=make_step_callback(ctx, model, method), **kwargs)
+        return ksample(CancellableModel(model, ctx.check_cancelled), callback=make_step_callback(ctx, model, method),
+                       **kwargs)
 
 
 class KSampler(Node):

@@ -69,7 +69,7 @@ class VAEDecode(Node):
         return costs.vae_decode(upstream.get("samples"))
 
     def execute(self, ctx) -> tuple:
-        return (self.vae.decode(self.samples["samples"]),)
+        return (self.vae.decode(self.samples["samples"], ctx.progress),)
 
 
 class VAEEncode(Node):
@@ -87,7 +87,7 @@ class VAEEncode(Node):
         return costs.vae_encode(upstream.get("pixels"))
 
     def execute(self, ctx) -> tuple:
-        return ({"samples": self.vae.encode(self.pixels)},)
+        return ({"samples": self.vae.encode(self.pixels, ctx.progress)},)
 
 
 TileSize = Annotated[int, Int(min=64, max=4096, step=32)]
@@ -118,7 +118,7 @@ class VAEDecodeTiled(Node):
         downscale = self.vae.downscale
         tile = max(1, self.tile_size // downscale)
         overlap = self.overlap // downscale
-        return (self.vae.decode_tiled(self.samples["samples"], tile, overlap),)
+        return (self.vae.decode_tiled(self.samples["samples"], tile, overlap, ctx.progress),)
 
 
 class VAEEncodeTiled(Node):
@@ -140,7 +140,7 @@ class VAEEncodeTiled(Node):
         return costs.vae_encode(upstream.get("pixels"), tile=inputs.get("tile_size", 512))
 
     def execute(self, ctx) -> tuple:
-        return ({"samples": self.vae.encode_tiled(self.pixels, self.tile_size, self.overlap)},)
+        return ({"samples": self.vae.encode_tiled(self.pixels, self.tile_size, self.overlap, ctx.progress)},)
 
 
 class VAEEncodeForInpaint(Node):
@@ -161,7 +161,7 @@ class VAEEncodeForInpaint(Node):
 
     def execute(self, ctx) -> tuple:
         pixels, mask = prepare_inpaint(self.pixels, self.mask, self.vae.downscale)
-        latent = self.vae.encode(grey_out(pixels, mask))
+        latent = self.vae.encode(grey_out(pixels, mask), ctx.progress)
         return ({"samples": latent, "noise_mask": grow_mask(mask, self.grow_mask_by)},)
 
 
@@ -186,8 +186,8 @@ class InpaintModelConditioning(Node):
 
     def execute(self, ctx) -> tuple:
         pixels, mask = prepare_inpaint(self.pixels, self.mask, self.vae.downscale)
-        masked_latent = self.vae.encode(grey_out(pixels, mask))
-        latent = {"samples": self.vae.encode(pixels)}
+        masked_latent = self.vae.encode(grey_out(pixels, mask), ctx.progress)
+        latent = {"samples": self.vae.encode(pixels, ctx.progress)}
         if self.noise_mask:
             latent["noise_mask"] = mask
         extra = {"concat_latent_image": masked_latent, "concat_mask": mask}

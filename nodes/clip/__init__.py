@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..work import Progress
 from .embeddings import load_embedding
 from .encoder import EncoderRole, encode_windows, hidden_size
 from .prompt_parser import PromptChunk, WeightedText, parse_prompt, parse_weights
@@ -94,28 +95,32 @@ class ClipModel:
         size = hidden_size(self.text_encoders[role.name])
         return partial(load_embedding, roots=self.embedding_dirs, key=role.embedding_key, size=size)
 
-    def tokenize(self, text: str) -> Tokens:
-        """Windows of (token id or embedding vector, weight) per encoder role."""
-        return {r.name: tokenize_prompt(text, self.tokenizers[r.name], self.specs[r.name], self._finder(r))
+    def tokenize(self, text: str, progress: Progress | None = None) -> Tokens:
+        """Windows of (token id or embedding vector, weight) per encoder role; a huge text is tokenized in pieces
+        with progress(i, n) before each (it may raise to stop)."""
+        return {r.name: tokenize_prompt(text, self.tokenizers[r.name], self.specs[r.name], self._finder(r), progress)
                 for r in self.roles}
 
-    def encode_tokens(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(cond [1, 77*k, dim], pooled [1, P]) from `tokenize`'s output."""
+    def encode_tokens(self, tokens: Tokens,
+                      progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond [1, 77*k, dim], pooled [1, P]) from `tokenize`'s output; many windows run in several encoder
+        calls with progress(i, n) before each (it may raise to stop)."""
         outputs = {}
         for role in self.roles:
             outputs[role.name] = encode_windows(self.text_encoders[role.name], tokens[role.name],
-                                                self.specs[role.name], role, self.layer_for(role), self.manager)
+                                                self.specs[role.name], role, self.layer_for(role), self.manager,
+                                                progress)
         conds = [outputs[r.name][0] for r in self.roles]
         length = min(c.shape[1] for c in conds)
         cond = torch.cat([c[:, :length] for c in conds], dim=-1)
         return cond, outputs[POOLED_ROLE[self.family]][1]
 
-    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.encode_tokens(self.tokenize(text))
+    def encode(self, text: str, progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.encode_tokens(self.tokenize(text, progress), progress)
 
-    def encode_conditioning(self, text: str, **extras: Any) -> list:
+    def encode_conditioning(self, text: str, progress: Progress | None = None, **extras: Any) -> list:
         """ComfyUI CONDITIONING: [[cond, {"pooled_output": pooled, **extras}]]."""
-        cond, pooled = self.encode(text)
+        cond, pooled = self.encode(text, progress)
         return [[cond, {"pooled_output": pooled, **extras}]]
 
     def __repr__(self) -> str:

@@ -7,6 +7,8 @@
   encoder has one and the role asks for it.
 - Weights: when any slot weight differs from 1, the empty prompt is encoded too and every weighted row becomes
   `(z - z_empty) * w + z_empty` against the empty prompt's row at the same position.
+- Long prompts run through the encoder WINDOWS_PER_CALL windows at a time, with progress(i, n) before each call
+  (a prompt of up to WINDOWS_PER_CALL - 1 windows, plus the empty prompt, is still one call).
 - Embedding vectors replace the output of the token-embedding layer at their slots (position embeddings are still
   added by the model). A vector whose width does not match the encoder is dropped with a warning and a pad token is
   appended at the end of its window, as ComfyUI does.
@@ -20,11 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..work import Progress, row_chunks, run_units
 from .tokenize import TokenizerSpec, Window, empty_window
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDER_ID = 0  # token id fed where an embedding vector goes; its embedding row is overwritten
+WINDOWS_PER_CALL = 32
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ def apply_weights(z: torch.Tensor, z_empty: torch.Tensor, weights: torch.Tensor)
 
 
 def encode_windows(module, windows: list[Window], spec: TokenizerSpec, role: EncoderRole, layer_idx: int | None,
-                   manager=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   manager=None, progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditioning [1, 77*k, D] and the first window's pooled output [1, P], both float32 on CPU."""
     weights = torch.tensor([[w for _, w in window] for window in windows], dtype=torch.float32)
     has_weights = bool((weights != 1.0).any())
@@ -153,8 +157,14 @@ def encode_windows(module, windows: list[Window], spec: TokenizerSpec, role: Enc
     with manager.use(module) if manager is not None else nullcontext(module) as active:
         # A manager may hand back the module it placed on the device; otherwise it moved `module` itself.
         running = active if isinstance(active, torch.nn.Module) else module
-        z, pooled = run_encoder(running, rows, spec, role, layer_idx)
-    z, pooled = z.cpu(), pooled.cpu()
+
+        def encode(chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            z, pooled = run_encoder(running, rows[chunk], spec, role, layer_idx)
+            return z.cpu(), pooled.cpu()
+
+        outputs = run_units(row_chunks(len(rows), WINDOWS_PER_CALL), encode, progress)
+    z = outputs[0][0] if len(outputs) == 1 else torch.cat([o[0] for o in outputs])
+    pooled = outputs[0][1]
     sections = z[: len(windows)]
     if has_weights:
         sections = apply_weights(sections, z[-1:], weights)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,25 +62,31 @@ def family_from_configs(unet_config, vae_config, encoders: tuple[str, ...], pred
                           "text_encoders": [{"kind": k, "config": {}} for k in kinds]})
 
 
-def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = torch.float32) -> LoadedCheckpoint:
-    """UNet, VAE, text encoders, tokenizers and scheduler config of a diffusers folder (``local_files_only``)."""
+def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = torch.float32,
+                          interrupt: Callable[[], None] | None = None) -> LoadedCheckpoint:
+    """UNet, VAE, text encoders, tokenizers and scheduler config of a diffusers folder (``local_files_only``);
+    ``interrupt()`` is called before each component's files are read (it raises to stop)."""
+    check = interrupt or (lambda: None)
     path = Path(path)
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise ModelFileError(f"{path.name}: not a diffusers folder (no model_index.json)")
     index = json.loads(index_file.read_text(encoding="utf-8"))
     try:
+        check()
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True, torch_dtype=dtype)
         vae = None
         if (path / "vae").is_dir():
+            check()
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True, torch_dtype=dtype)
         subfolders = tuple(
             s for s in ("text_encoder", "text_encoder_2")
             if isinstance(index.get(s), list) and index[s][1] and (path / s).is_dir()
         )
-        models = [
-            _TEXT_CLASSES[index[s][1]].from_pretrained(path / s, local_files_only=True, dtype=dtype) for s in subfolders
-        ]
+        models = []
+        for sub in subfolders:
+            check()
+            models.append(_TEXT_CLASSES[index[sub][1]].from_pretrained(path / sub, local_files_only=True, dtype=dtype))
     except (OSError, ValueError, KeyError) as e:
         raise ModelFileError(f"{path.name}: cannot load diffusers folder: {e}") from e
     scheduler_file = path / "scheduler" / "scheduler_config.json"

@@ -251,12 +251,15 @@ class ModelManager:
 
     def load_checkpoint(self, path: str | Path, config_hint: str | Path | None = None,
                         prediction_type: str | None = None,
-                        components: Sequence[str] = single_file.ALL_COMPONENTS) -> LoadedCheckpoint:
+                        components: Sequence[str] = single_file.ALL_COMPONENTS,
+                        interrupt: Callable[[], None] | None = None) -> LoadedCheckpoint:
+        """The checkpoint's components, loading the missing ones; ``interrupt()`` runs before each component load."""
         base = ("checkpoint", str(Path(path).resolve()), str(config_hint) if config_hint else None, prediction_type)
         shell = self._shells.get(base)
         missing = [c for c in components if shell is None or not self._has(base, shell, c)]
         if missing:
-            loaded = single_file.load_checkpoint(path, config_hint, prediction_type, self._load_dtype(), missing)
+            loaded = single_file.load_checkpoint(path, config_hint, prediction_type, self._load_dtype(), missing,
+                                                 interrupt)
             shell = self._remember(base, shell, loaded, missing)
         return self._assemble(base, shell, components)
 

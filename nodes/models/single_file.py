@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -99,12 +99,14 @@ def _configs_for(det: Detection, sd: Mapping[str, torch.Tensor], config_dir: Pat
     return configs
 
 
-def _build_text_encoders(sd, family: Family, text_configs: list[dict], derive: bool, dtype) -> list[TextEncoder]:
+def _build_text_encoders(sd, family: Family, text_configs: list[dict], derive: bool, dtype,
+                         check: Callable[[], None]) -> list[TextEncoder]:
     tokenizers: dict[str, object] = {}
     encoders = []
     for spec, config in zip(family.text_encoders, text_configs):
         if not any(k.startswith(spec.prefix) for k in sd):
             continue
+        check()
         tokenizer = tokenizers.setdefault(spec.tokenizer, load_tokenizer(spec.tokenizer))
         weights = text_weights_from_original(sd, spec)
         encoders.append(text_encoder_from_weights(weights, spec, config, tokenizer, dtype, derive))
@@ -113,27 +115,35 @@ def _build_text_encoders(sd, family: Family, text_configs: list[dict], derive: b
 
 def load_checkpoint(path: str | Path, config_hint: str | Path | None = None, prediction_type: str | None = None,
                     dtype: torch.dtype | None = torch.float32,
-                    components: Sequence[str] = ALL_COMPONENTS) -> LoadedCheckpoint:
+                    components: Sequence[str] = ALL_COMPONENTS,
+                    interrupt: Callable[[], None] | None = None) -> LoadedCheckpoint:
     """Load an original-layout checkpoint (SD1/SD2/SDXL/custom) with its UNet, VAE and text encoders.
 
     ``config_hint``: a family name (skips family detection, e.g. ``"sd2_v"``) or a diffusers-layout config
     folder used verbatim. ``prediction_type`` overrides detection. ``components`` limits what is built;
-    parts absent from the file come back as ``None`` / ``[]``.
+    parts absent from the file come back as ``None`` / ``[]``. ``interrupt()`` is called before each component
+    is built (it raises to stop).
     """
     path = Path(path)
+    check = interrupt or (lambda: None)
     with _about(path):
         if path.is_dir():
-            return load_diffusers_folder(path, dtype=dtype)
+            return load_diffusers_folder(path, dtype=dtype, interrupt=interrupt)
         sd, metadata = read_state_dict(path)
         family_hint, config_dir = _parse_hint(config_hint)
         det = detect_checkpoint(sd, metadata, family_hint, prediction_type)
         configs = _configs_for(det, sd, config_dir)
-        unet = unet_from_original(sd, configs["unet"], dtype) if "unet" in components else None
-        has_vae = any(k.startswith(VAE_PREFIX) for k in sd)
-        vae = vae_from_original(sd, configs["vae"], dtype) if has_vae and "vae" in components else None
+        unet = None
+        if "unet" in components:
+            check()
+            unet = unet_from_original(sd, configs["unet"], dtype)
+        vae = None
+        if "vae" in components and any(k.startswith(VAE_PREFIX) for k in sd):
+            check()
+            vae = vae_from_original(sd, configs["vae"], dtype)
         encoders = []
         if "text_encoders" in components:
-            encoders = _build_text_encoders(sd, det.family, configs["text"], configs["derive"], dtype)
+            encoders = _build_text_encoders(sd, det.family, configs["text"], configs["derive"], dtype, check)
         scale = det.family.latent_scale_factor
         return LoadedCheckpoint(path, det.family, det.prediction_type, scale, unet, vae, encoders,
                                 _scheduler_config(det.family, det.prediction_type, det.custom_config), metadata, det)
