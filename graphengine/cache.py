@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import threading
 import uuid
@@ -16,10 +17,21 @@ from typing import Any
 from .validation import Link, NodeCall
 
 SizeOf = Callable[[Any], int]
+MAX_DEFAULT_BYTES = 8 * 1024**3
+
+
+def default_max_bytes() -> int:
+    """A quarter of physical RAM, at most 8 GiB (the model manager's default takes another half)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MAX_DEFAULT_BYTES
+    return min(MAX_DEFAULT_BYTES, ram // 4)
 
 
 def default_sizeof(value: Any, _depth: int = 0) -> int:
-    """Bytes held by a value: `nbytes` of arrays/tensors, summed through lists, tuples and dicts."""
+    """Bytes held by a value: `nbytes` of arrays/tensors (and of any object that reports what it keeps alive),
+    summed through lists, tuples and dicts."""
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
@@ -40,10 +52,11 @@ class CacheEntry:
 class ResultCache:
     """An LRU of node results within `max_bytes`; entries used by the running prompt are never evicted.
 
-    Entries of other workflows stay while there is room, so switching back to a graph reuses its results."""
+    Entries of other workflows stay while there is room, so switching back to a graph reuses its results.
+    `max_bytes` defaults to `default_max_bytes()`; `sizeof` measures one entry's outputs."""
 
-    def __init__(self, max_bytes: int = 8 * 1024**3, sizeof: SizeOf = default_sizeof) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int | None = None, sizeof: SizeOf = default_sizeof) -> None:
+        self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.sizeof = sizeof
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._total = 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .cache import CacheEntry, ResultCache, compute_signatures
+from .cache import CacheEntry, ResultCache, compute_signatures, default_sizeof
 from .context import CancelToken, ExecutionContext, Interrupted
 from .events import (Event, EventHub, Executed, ExecutionCached, ExecutionError, ExecutionInterrupted, Executing,
                      ExecutionStart, ExecutionSuccess, ProgressState)
@@ -254,7 +254,9 @@ class Executor:
     def __init__(self, registry: NodeRegistry, cache: ResultCache | None = None, events: EventHub | None = None,
                  *, emit_done: bool = True) -> None:
         self.registry = registry
-        self.cache = cache if cache is not None else ResultCache()
+        # A node pack's services may say how much a result really holds (tensor storages, model handles).
+        sizeof = getattr(registry.services, "result_sizeof", None)
+        self.cache = cache if cache is not None else ResultCache(sizeof=sizeof or default_sizeof)
         self.events = events if events is not None else EventHub()
         self.emit_done = emit_done
 

@@ -6,6 +6,10 @@ and v, 9-channel inpaint, 5-channel depth, SDXL's added `text_embeds`/`time_ids`
 full-size pass runs out of memory. Both run their module inside `manager.use(...)`, which puts it on the compute
 device for the duration of the call. Big batches run in row chunks (and tiled passes tile by tile) with a
 cancellation check between them (see `nodes.work`).
+
+A handle holds its module through a *source*: the module itself (no manager), or a `ModelRef` from the model
+manager, which hands out the cached module and reloads it after an eviction. So a cached MODEL/VAE keeps no weights
+alive; `unet`/`vae` are the live module and `nbytes` is what the handle itself keeps in memory.
 """
 
 from __future__ import annotations
@@ -33,9 +37,26 @@ FALLBACK_OVERLAP = 16
 MIN_FALLBACK_TILE = 8
 
 
+# A module, or a reference with `.module()` (the live module, reloaded if evicted) and `.config` (e.g. ModelRef).
+ModuleSource = Any
+
+
+def live_module(source: ModuleSource) -> torch.nn.Module:
+    return source if isinstance(source, torch.nn.Module) else source.module()
+
+
+def held_bytes(source: ModuleSource) -> int:
+    """Bytes a source keeps alive: a module's weights; 0 for a manager reference."""
+    if not isinstance(source, torch.nn.Module):
+        return 0
+    from .models.manager import module_bytes
+    return module_bytes(source)
+
+
 @contextlib.contextmanager
-def on_compute_device(manager: Any, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+def on_compute_device(manager: Any, module: ModuleSource) -> Iterator[torch.nn.Module]:
     """The module ready to run: through the model manager when there is one, else where it is."""
+    module = live_module(module)
     if manager is None:
         yield module
         return
@@ -93,7 +114,7 @@ class SdxlConditioning:
     time_ids: int  # 6 for SDXL base (sizes, crop, target), 5 for the refiner (sizes, crop, aesthetic score)
 
 
-def sdxl_conditioning_of(unet: torch.nn.Module) -> SdxlConditioning | None:
+def sdxl_conditioning_of(unet: ModuleSource) -> SdxlConditioning | None:
     config = unet.config
     if getattr(config, "addition_embed_type", None) != "text_time":
         return None
@@ -123,7 +144,7 @@ class UNetModel:
     `latent_space` picks preview colours ("sd1" for SD1.x/SD2.x, "sdxl", anything else = decode with
     `preview_vae` when one is attached)."""
 
-    unet: torch.nn.Module
+    unet_source: ModuleSource
     model_sampling: ModelSamplingDiscrete
     latent_scale_factor: float
     in_channels: int
@@ -134,16 +155,25 @@ class UNetModel:
     sdxl: SdxlConditioning | None = field(default=None)
 
     @classmethod
-    def build(cls, unet: torch.nn.Module, *, prediction: str, latent_scale_factor: float, family: str,
+    def build(cls, unet: ModuleSource, *, prediction: str, latent_scale_factor: float, family: str,
               latent_space: str, manager: Any = None, preview_vae: VaeModel | None = None) -> UNetModel:
-        return cls(unet=unet, model_sampling=ModelSamplingDiscrete(prediction=prediction),
+        return cls(unet_source=unet, model_sampling=ModelSamplingDiscrete(prediction=prediction),
                    latent_scale_factor=float(latent_scale_factor), in_channels=int(unet.config.in_channels),
                    latent_space=latent_space, family=family, manager=manager, preview_vae=preview_vae,
                    sdxl=sdxl_conditioning_of(unet))
 
     @property
+    def unet(self) -> torch.nn.Module:
+        """The live UNet (reloaded by the manager if it was evicted)."""
+        return live_module(self.unet_source)
+
+    @property
+    def nbytes(self) -> int:
+        return held_bytes(self.unet_source)
+
+    @property
     def context_dim(self) -> int:
-        dim = self.unet.config.cross_attention_dim
+        dim = self.unet_source.config.cross_attention_dim
         return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
 
     def extra_conds(self, cond_dict: dict, batch: int, height: int, width: int) -> dict:
@@ -248,20 +278,29 @@ def crop_to_multiple(pixels: torch.Tensor, multiple: int) -> torch.Tensor:
 class VaeModel:
     """VAE: IMAGE [B,H,W,C] 0..1 <-> raw LATENT [B,c,H/8,W/8] (VAE units, not multiplied by the scale factor)."""
 
-    vae: torch.nn.Module
+    vae_source: ModuleSource
     manager: Any = None
 
     @property
+    def vae(self) -> torch.nn.Module:
+        """The live AutoencoderKL (reloaded by the manager if it was evicted)."""
+        return live_module(self.vae_source)
+
+    @property
+    def nbytes(self) -> int:
+        return held_bytes(self.vae_source)
+
+    @property
     def latent_channels(self) -> int:
-        return int(self.vae.config.latent_channels)
+        return int(self.vae_source.config.latent_channels)
 
     @property
     def downscale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.vae_source.config.block_out_channels) - 1)
 
     @property
     def scaling_factor(self) -> float:
-        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        return float(getattr(self.vae_source.config, "scaling_factor", 0.18215))
 
     # raw passes on [B,C,H,W] tensors (pixels in -1..1); run on the compute device, return float32 CPU
     def _encode_raw(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Model loader nodes: checkpoints, VAEs, text encoders and diffusion models from the models folders.
 
 Files are resolved through `services.folders` and loaded through `services.manager`, which keeps loaded modules
-between prompts; the node outputs are light handles referencing those modules (cheap to cache)."""
+between prompts; the node outputs are light handles holding manager references to those modules (`manager.ref`),
+not the modules: cheap to cache, and an evicted model is reloaded when a cached handle is used again."""
 
 from __future__ import annotations
 
@@ -47,8 +48,13 @@ def loading(name: str) -> Iterator[None]:
 
 # -- handles from loaded parts -------------------------------------------------------------------------------------
 
+def _source(module: Any, manager: Any) -> Any:
+    """What a handle holds: the manager's reference to a module it loaded, else the module."""
+    return manager.ref(module) if manager is not None else module
+
+
 def vae_handle(vae: Any, manager: Any) -> VaeModel | None:
-    return None if vae is None else VaeModel(vae, manager)
+    return None if vae is None else VaeModel(_source(vae, manager), manager)
 
 
 def model_handle(loaded: Any, manager: Any, preview_vae: VaeModel | None = None) -> UNetModel | None:
@@ -57,7 +63,7 @@ def model_handle(loaded: Any, manager: Any, preview_vae: VaeModel | None = None)
         return None
     family = loaded.family
     latent_space = LATENT_SPACE.get(family.base, "custom")
-    return UNetModel.build(loaded.unet, prediction=PREDICTION[loaded.prediction_type],
+    return UNetModel.build(_source(loaded.unet, manager), prediction=PREDICTION[loaded.prediction_type],
                            latent_scale_factor=loaded.latent_scale_factor, family=family.name,
                            latent_space=latent_space, manager=manager,
                            preview_vae=preview_vae if latent_space == "custom" else None)
@@ -69,9 +75,10 @@ def clip_handle(text_encoders: list, family_base: str, services: Any) -> Any:
         return None
     from .clip import ClipModel
 
-    return ClipModel([te.model for te in text_encoders], [te.tokenizer for te in text_encoders],
+    manager = services.manager
+    return ClipModel([_source(te.model, manager) for te in text_encoders], [te.tokenizer for te in text_encoders],
                      CLIP_FAMILY.get(family_base, "custom"), embedding_dirs=tuple(services.folders.paths("embeddings")),
-                     manager=services.manager)
+                     manager=manager)
 
 
 def checkpoint_outputs(ctx: Any, loaded: Any) -> tuple:
@@ -162,7 +169,7 @@ class VAELoader(Node):
         services = ctx.services
         with loading(self.vae_name):
             vae = services.manager.load_vae(services.folders.resolve("vae", self.vae_name))
-        return (VaeModel(vae, services.manager),)
+        return (vae_handle(vae, services.manager),)
 
 
 class CLIPLoader(Node):

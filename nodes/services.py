@@ -39,6 +39,12 @@ class Services:
         from .models.manager import ModelManager
         return ModelManager(**self.config.options.get("model_manager", {}))
 
+    @staticmethod
+    def result_sizeof(value: Any) -> int:
+        """The result cache's measure of a cached value (the executor picks it up when it builds its cache)."""
+        from .memory import result_sizeof
+        return result_sizeof(value)
+
     def unload_models(self) -> None:
         """The server's `/free {unload_models: true}`."""
         if "manager" in self.__dict__:

@@ -241,7 +241,7 @@ class PromptWorker:
             self._free_flags = {"unload_models": False, "free_memory": False}
         if not (flags["unload_models"] or flags["free_memory"]):
             return
-        self.executor.cache.clear()  # cached outputs hold the loaded models
+        self.executor.cache.clear()  # cached outputs (latents, images, conditioning) take RAM too
         unload = getattr(self.registry.services, "unload_models", None)
         if flags["unload_models"] and callable(unload):
             try:

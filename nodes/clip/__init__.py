@@ -9,17 +9,20 @@ Families (encoder order for `text_encoders` / `tokenizers` given as sequences):
 - "custom": one CLIP-L-style encoder of any size, treated like "sd15".
 `text_encoders`/`tokenizers` may also be mappings keyed by role name ("l", "g", "h"); a single tokenizer object is
 shared by every encoder. Pad ids come from the role (end token or 0), not from the tokenizer files.
+Each encoder may be given as a module or as a model-manager reference (nodes.handles.ModuleSource): `text_encoders`
+resolves it on access, so a cached CLIP keeps no weights alive after the manager evicts them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import torch
 
+from ..handles import held_bytes, live_module
 from ..work import Progress
 from .embeddings import load_embedding
 from .encoder import EncoderRole, encode_windows, hidden_size
@@ -65,6 +68,22 @@ def _tokenizer_spec(tokenizer, role: EncoderRole) -> TokenizerSpec:
     return TokenizerSpec(start_id=start, end_id=end, pad_id=end if role.pad_with_end else 0)
 
 
+class _LiveModules(Mapping):
+    """Role name -> the live encoder module, fetched from its source on access."""
+
+    def __init__(self, sources: dict[str, Any]) -> None:
+        self._sources = sources
+
+    def __getitem__(self, name: str) -> torch.nn.Module:
+        return live_module(self._sources[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+
 class ClipModel:
     """What flows through CLIP sockets. Cheap to clone; clones share the encoder modules."""
 
@@ -74,17 +93,27 @@ class ClipModel:
             raise ValueError(f"unknown CLIP family {family!r}; expected one of {sorted(FAMILY_ROLES)}")
         self.family = family
         self.roles = FAMILY_ROLES[family]
-        self.text_encoders: dict[str, torch.nn.Module] = _by_role(text_encoders, self.roles, "text_encoders")
+        self.encoder_sources: dict[str, Any] = _by_role(text_encoders, self.roles, "text_encoders")
         self.tokenizers: dict[str, Any] = _by_role(tokenizers, self.roles, "tokenizers")
         self.embedding_dirs = tuple(embedding_dirs)
         self.manager = manager
         self.layer_idx = layer_idx  # CLIPSetLastLayer override; None = each encoder's family default
         self.specs = {r.name: _tokenizer_spec(self.tokenizers[r.name], r) for r in self.roles}
 
+    @property
+    def text_encoders(self) -> Mapping[str, torch.nn.Module]:
+        """Role name -> live encoder module (reloaded by the manager if it was evicted)."""
+        return _LiveModules(self.encoder_sources)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this handle keeps alive: its encoders' weights when it holds modules, 0 with manager references."""
+        return sum(held_bytes(s) for s in self.encoder_sources.values())
+
     def clone(self, layer_idx: Any = _KEEP, text_encoders: Any = None) -> ClipModel:
         """A copy sharing the modules; `layer_idx` sets the clip-skip layer (-1 last, -2 penultimate, …) and
         `text_encoders` (same shapes as the constructor's) swaps in other modules, e.g. LoRA-patched copies."""
-        return ClipModel(self.text_encoders if text_encoders is None else text_encoders, self.tokenizers,
+        return ClipModel(self.encoder_sources if text_encoders is None else text_encoders, self.tokenizers,
                          self.family, self.embedding_dirs, self.manager,
                          self.layer_idx if layer_idx is _KEEP else layer_idx)
 
@@ -92,7 +121,7 @@ class ClipModel:
         return role.default_layer if self.layer_idx is None else self.layer_idx
 
     def _finder(self, role: EncoderRole):
-        size = hidden_size(self.text_encoders[role.name])
+        size = hidden_size(self.encoder_sources[role.name])  # from the config: no need to load the weights
         return partial(load_embedding, roots=self.embedding_dirs, key=role.embedding_key, size=size)
 
     def tokenize(self, text: str, progress: Progress | None = None) -> Tokens:

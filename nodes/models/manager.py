@@ -7,17 +7,21 @@ never evicted or offloaded; when they alone exceed a budget the budget is exceed
 Dtype policy: float32 on CPU; on CUDA the diffusion model and text encoders use ``dtype`` (float16 unless set,
 e.g. to bfloat16) and the VAE uses ``vae_dtype`` (bfloat16 where supported, else float32: SD/SDXL VAEs overflow
 in float16). Components are cast once at load, so moves between devices never change precision.
+Handles that outlive a cache entry hold a ``ModelRef`` (``manager.ref(module)``): the key and how to reload the
+module, never the module, so evicting a model really frees its memory and a later use reloads it.
 Not thread-safe: meant to be driven by the one execution worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,6 +30,7 @@ from diffusers import AutoencoderKL
 from . import single_file
 from .attention import use_sdpa
 from .build import LoadedCheckpoint, TextEncoder, move_module
+from .errors import ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,15 @@ def _default_ram_budget() -> int | None:
         return None
 
 
+def trim_native_heap() -> None:
+    """Give freed heap pages back to the OS: glibc keeps them otherwise, and the process's RSS stays up."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
+
+
 def _is_external(key: Hashable) -> bool:
     return isinstance(key, tuple) and len(key) == 2 and key[0] == "external"
 
@@ -63,8 +77,28 @@ class _Entry:
     module: torch.nn.Module
     size: int
     component: str | None
+    reload: Callable[[], torch.nn.Module] | None  # loads the module again through the manager, under the same key
     pins: int = 0
-    on_device: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class ModelRef:
+    """A managed model by key: `module()` is the cached module, reloaded from its file if it was evicted.
+
+    Holds no weights (only the module's config), so whatever keeps a ModelRef keeps no memory alive."""
+
+    manager: ModelManager
+    key: Hashable
+    reload: Callable[[], torch.nn.Module]
+    config: object  # the module's config (diffusers FrozenDict, transformers PretrainedConfig; None if it has none)
+
+    def module(self) -> torch.nn.Module:
+        cached = self.manager.cached(self.key)
+        return cached if cached is not None else self.reload()
+
+    @property
+    def nbytes(self) -> int:
+        return 0
 
 
 @dataclass
@@ -94,6 +128,7 @@ class ModelManager:
         self._resident: OrderedDict[Hashable, None] = OrderedDict()  # on the compute device, oldest first
         self._by_module: dict[int, Hashable] = {}
         self._shells: dict[Hashable, _Shell] = {}
+        self._tokenizers: dict[tuple, object] = {}  # one per tokenizer kind: each costs ~8 MB of vocabulary
 
     def _default_vram_budget(self) -> int | None:
         if self.device.type != "cuda":
@@ -129,32 +164,52 @@ class ModelManager:
     def key_of(self, module: torch.nn.Module) -> Hashable | None:
         return self._by_module.get(id(module))
 
+    def cached(self, key: Hashable) -> torch.nn.Module | None:
+        """The module cached under ``key`` (now the most recently used), or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry.module
+
+    def ref(self, module: torch.nn.Module) -> ModelRef | torch.nn.Module:
+        """A ModelRef for a module this manager loaded (what handles hold); any other module comes back as is."""
+        key = self._by_module.get(id(module))
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None or entry.reload is None:
+            return module
+        return ModelRef(self, key, entry.reload, getattr(module, "config", None))
+
     # -- generic cache -------------------------------------------------------------------------------------
     def get(
         self, key: Hashable, loader: Callable[[], torch.nn.Module], component: str | None = None
     ) -> torch.nn.Module:
         """The cached module for ``key``, or ``loader()`` cast to the component's dtype (see ``dtype_for``) and
         cached. ``key`` should cover everything the loader depends on (path, component, options)."""
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key].module
+        cached = self.cached(key)
+        if cached is not None:
+            return cached
         module = loader()
-        self._put(key, module, component, protect={key})
+        self._put(key, module, component, {key}, partial(self.get, key, loader, component))
         return module
 
-    def _put(self, key: Hashable, module: torch.nn.Module, component: str | None, protect: set[Hashable]) -> None:
+    def _put(self, key: Hashable, module: torch.nn.Module, component: str | None, protect: set[Hashable],
+             reload: Callable[[], torch.nn.Module] | None) -> None:
         move_module(module, self.offload_device, self.dtype_for(component))
         use_sdpa(module.eval())
-        self._entries[key] = _Entry(module, module_bytes(module), component)
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = _Entry(module, module_bytes(module), component, reload)
         self._by_module[id(module)] = key
         self._evict_ram(protect | {key})
+        trim_native_heap()  # the file's read buffers and any evicted weights are free now: give the pages back
 
     def _evict_ram(self, protect: set[Hashable]) -> None:
         if self.ram_budget_bytes is None:
             return
         for key in list(self._entries):
             if self.ram_used_bytes <= self.ram_budget_bytes:
-                return
+                break
             if key not in protect and self._entries[key].pins == 0:
                 self._drop(key)
         if self.ram_used_bytes > self.ram_budget_bytes:
@@ -191,7 +246,7 @@ class ModelManager:
             key = self._by_module.get(id(module))
             if key is None:  # unmanaged: tracked for placement only
                 key = ("external", id(module))
-                self._entries[key] = _Entry(module, module_bytes(module), "external")
+                self._entries[key] = _Entry(module, module_bytes(module), "external", None)
                 self._by_module[id(module)] = key
             keys.append(key)
             self._entries[key].pins += 1
@@ -241,8 +296,10 @@ class ModelManager:
         for key in list(self._entries):
             self._drop(key)
         self._shells.clear()
+        self._tokenizers.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        trim_native_heap()
 
     # -- model files ---------------------------------------------------------------------------------------
     def _load_dtype(self) -> torch.dtype | None:
@@ -285,7 +342,8 @@ class ModelManager:
             spec, tokenizer = shell.encoders[0]
             return TextEncoder(spec, self._entries[key].module, tokenizer)
         encoder = single_file.load_text_encoder(path, kind, self._load_dtype())
-        self._put(key, encoder.model, "text_encoder", protect={key})
+        self._put(key, encoder.model, "text_encoder", {key}, lambda: self.load_text_encoder(path, kind).model)
+        encoder = replace(encoder, tokenizer=self._shared_tokenizer(encoder))
         self._shells[key] = _Shell(info=None, encoders=[(encoder.spec, encoder.tokenizer)])
         return encoder
 
@@ -307,24 +365,39 @@ class ModelManager:
         for component in loaded_components:
             if component == "text_encoders":
                 shell.present[component] = bool(loaded.text_encoders)
-                shell.encoders = [(te.spec, te.tokenizer) for te in loaded.text_encoders]
+                shell.encoders = [(te.spec, self._shared_tokenizer(te)) for te in loaded.text_encoders]
                 for i, te in enumerate(loaded.text_encoders):
-                    self._put((*base, "text_encoder", i), te.model, "text_encoder", protect)
+                    key = (*base, "text_encoder", i)
+                    if key not in self._entries:  # a still-cached sibling stays the module handles run
+                        self._put(key, te.model, "text_encoder", protect, partial(self._reload, base, component, i))
             else:
                 module = getattr(loaded, component)
                 shell.present[component] = module is not None
                 if module is not None:
-                    self._put((*base, component), module, component, protect)
+                    self._put((*base, component), module, component, protect, partial(self._reload, base, component))
         self._shells[base] = shell
         return shell
 
-    def _assemble(self, base, shell: _Shell, components: Sequence[str]) -> LoadedCheckpoint:
-        def cached(key):
-            if key not in self._entries:
-                return None
-            self._entries.move_to_end(key)
-            return self._entries[key].module
+    def _shared_tokenizer(self, encoder: TextEncoder) -> object:
+        """The first tokenizer loaded from the same files with the same settings (checkpoints of a family share it)."""
+        tokenizer = encoder.tokenizer
+        key = (encoder.spec.tokenizer, getattr(tokenizer, "name_or_path", None), type(tokenizer))
+        return self._tokenizers.setdefault(key, tokenizer) if key[1] else tokenizer
 
+    def _reload(self, base: tuple, component: str, index: int | None = None) -> torch.nn.Module:
+        """One component of a checkpoint (or bare UNet) file again, cached under the key it had."""
+        kind, path, config_hint, prediction_type = base
+        if kind == "unet":
+            loaded = self.load_unet(path, config_hint, prediction_type)
+        else:
+            loaded = self.load_checkpoint(path, config_hint, prediction_type, components=[component])
+        module = loaded.text_encoders[index].model if index is not None else getattr(loaded, component)
+        if module is None:
+            raise ModelFileError(f"{Path(path).name}: its {component} is gone from the file")
+        return module
+
+    def _assemble(self, base, shell: _Shell, components: Sequence[str]) -> LoadedCheckpoint:
+        cached = self.cached
         unet = cached((*base, "unet")) if "unet" in components else None
         vae = cached((*base, "vae")) if "vae" in components else None
         encoders = []

@@ -1,8 +1,9 @@
+import os
 import threading
 from typing import Annotated, Any
 
-from graphengine import (CancelToken, EventHub, Executor, Float, Int, Node, NodeOutput, Output, ResultCache,
-                         Socket, validate_prompt)
+from graphengine import (CancelToken, EventHub, Executor, Float, Int, Node, NodeOutput, NodeRegistry, Output,
+                         ResultCache, Socket, default_sizeof, validate_prompt)
 from graphengine.events import ExecutionError, Progress
 
 
@@ -240,6 +241,25 @@ def test_entries_of_the_running_prompt_are_never_evicted(registry):
               "s2": {"class_type": "ShowValue", "inputs": {"value": ["b", 0]}}}
     result = ex.execute(prompt)
     assert result.ok and result.executed == ["b", "s1"]  # s2 == s1 by signature; b stayed available
+
+
+class BlobServices:
+    """A node pack's services that say how much a result holds (as the SD pack counts tensor storages)."""
+
+    @staticmethod
+    def result_sizeof(outputs):
+        return sum(1000 * len(v) for slot in outputs for v in slot if isinstance(v, bytearray))
+
+
+def test_the_default_cache_measures_results_with_the_services_sizeof_and_fits_the_machine(registry):
+    registry.register(Blob)
+    registry.services = BlobServices()
+    ex = Executor(registry)
+    assert ex.execute(blob_prompt(1, size=7)).ok
+    assert ex.cache.total_bytes == 7000  # the blob as the services count it (the display node holds nothing)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < ex.cache.max_bytes <= min(8 * 1024**3, ram // 4)
+    assert Executor(NodeRegistry()).cache.sizeof is default_sizeof
 
 
 def test_wrong_return_shape_is_an_execution_error(registry):
