@@ -39,6 +39,16 @@ class Services:
         from .models.manager import ModelManager
         return ModelManager(**self.config.options.get("model_manager", {}))
 
+    def warm_up(self) -> None:
+        """Import the model machinery (diffusers, transformers) and scan the model folders, so that the server's
+        first prompt does not (the server runs this in a thread at start-up)."""
+        import importlib
+
+        for module in ("models", "clip", "samplers.pipeline"):
+            importlib.import_module(f"{__package__}.{module}")
+        self.folders.list("checkpoints")
+        self.manager  # noqa: B018 - built now rather than inside the first prompt
+
     def unload_models(self) -> None:
         """The server's `/free {unload_models: true}`."""
         if "manager" in self.__dict__:
