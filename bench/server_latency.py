@@ -32,9 +32,9 @@ from tests.server.nodepack import make_registry  # noqa: E402
 
 
 def tiny_prompt(value: int) -> dict:
-    """Number -> Slow (one step, no sleep) -> Show: three nodes, one progress event."""
-    return {"1": {"class_type": "Number", "inputs": {"value": value}},
-            "2": {"class_type": "Slow", "inputs": {"value": ["1", 0], "steps": 1, "delay": 0.0, "tag": "",
+    """Number -> Slow (one step, no sleep) -> Show: three nodes, one progress event; distinct per `value`."""
+    return {"1": {"class_type": "Number", "inputs": {"value": value % 1000}},
+            "2": {"class_type": "Slow", "inputs": {"value": ["1", 0], "steps": 1, "delay": 0.0, "tag": f"v{value}",
                                                    "preview_size": 0}},
             "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
 
@@ -108,8 +108,8 @@ async def finished_ids(ws: aiohttp.ClientWebSocketResponse, count: int) -> set[s
 
 
 async def queued_throughput(session, ws, url: str, client_id: str, count: int) -> float:
-    """Queue `count` distinct prompts back to back while reading the websocket (a client that stops reading is
-    dropped once its send buffer is full), until all have finished."""
+    """Queue `count` distinct prompts back to back while reading the websocket, until all have finished (the server
+    cuts a client off only after it has read nothing for its send timeout)."""
     start = time.perf_counter()
     reader = asyncio.create_task(finished_ids(ws, count))
     posted = {await post(session, url, tiny_prompt(value), client_id) for value in range(100, 100 + count)}
@@ -128,8 +128,8 @@ async def measure_server(url: str, runs: int, queued: int) -> tuple[list[float],
     return latency, throughput
 
 
-def start_server(base: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "GRAPHENGINE_NODE_PACKS": "tests.server.nodepack:register",
+def start_server(base: Path, port: int, packs: str = "tests.server.nodepack:register") -> subprocess.Popen:
+    env = {**os.environ, "GRAPHENGINE_NODE_PACKS": packs,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--base-dir", str(base),
                              "--log-level", "WARNING"], env=env, cwd=base)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ class NodeRegistry:
         self.services = services
         self._schemas: dict[str, NodeSchema] = {}
         self._modules: dict[str, str] = {}
+        self._warm_ups: list[Callable[[], None]] = []
         self.pack_errors: list[PackLoadError] = []
 
     def register(self, cls: type[Node], *, python_module: str = "nodes", display_name: str | None = None) -> NodeSchema:
@@ -57,6 +58,25 @@ class NodeRegistry:
 
     def get(self, name: str) -> NodeSchema | None:
         return self._schemas.get(name)
+
+    # -- start-up ------------------------------------------------------------------------------------------------
+
+    def on_warm_up(self, hook: Callable[[], None]) -> None:
+        """Register slow one-time preparation (heavy imports, folder scans) for a server to run before serving."""
+        self._warm_ups.append(hook)
+
+    def warm_up(self) -> list[str]:
+        """Run the packs' warm-up hooks, then build every node definition once (computed combos import what they
+        need). Meant for a worker thread at start-up; returns what failed, which is never fatal."""
+        steps = [(getattr(hook, "__qualname__", repr(hook)), hook) for hook in self._warm_ups]
+        steps += [(name, lambda name=name: self.node_info(name)) for name in self._schemas]
+        failures = []
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - the request that needs it reports it properly
+                failures.append(f"{name}: {type(exc).__name__}: {exc}")
+        return failures
 
     # -- /object_info ---------------------------------------------------------------------------------------------
 

@@ -21,4 +21,5 @@ def node_classes() -> list[type]:
 def register(registry: NodeRegistry, config: RuntimeConfig) -> None:
     """Entry point of the `graphengine.nodes` group."""
     registry.services = Services(config=config, preview_method=config.options.get("preview_method", "none"))
+    registry.on_warm_up(registry.services.warm_up)
     registry.register_all(node_classes(), python_module="nodes")

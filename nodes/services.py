@@ -45,6 +45,16 @@ class Services:
         from .memory import result_sizeof
         return result_sizeof(value)
 
+    def warm_up(self) -> None:
+        """Import the model machinery (diffusers, transformers) and scan the model folders, so that the server's
+        first prompt does not (the server runs this in a thread at start-up)."""
+        import importlib
+
+        for module in ("models", "clip", "samplers.pipeline"):
+            importlib.import_module(f"{__package__}.{module}")
+        self.folders.list("checkpoints")
+        self.manager  # noqa: B018 - built now rather than inside the first prompt
+
     def unload_models(self) -> None:
         """The server's `/free {unload_models: true}`."""
         if "manager" in self.__dict__:

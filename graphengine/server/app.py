@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from aiohttp import web
@@ -18,6 +19,8 @@ from .hub import WebSocketHub
 from .security import error_middleware, security_middleware
 from .state import STATE, ServerState
 from .worker import PromptWorker
+
+log = logging.getLogger("graphengine.server")
 
 
 def create_app(config: ServerConfig, registry: NodeRegistry | None = None, *,
@@ -50,7 +53,11 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, *,
     async def start(app: web.Application) -> None:
         for folder in (config.output_dir, config.input_dir, config.temp_dir, config.user_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
-        hub.bind(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        hub.bind(loop)
+        # Heavy imports and folder scans happen here, in a thread, before the first request: never on the loop.
+        for failure in await loop.run_in_executor(None, registry.warm_up):
+            log.warning("warm-up: %s", failure)
         worker.start()
 
     async def shutdown(app: web.Application) -> None:

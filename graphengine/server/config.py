@@ -39,8 +39,8 @@ class ServerConfig:
     database: Path | str | None = None  # default: <user_dir>/queue.sqlite3; ":memory:" keeps nothing
     max_history: int = 10000
     allowed_hosts: tuple[str, ...] = ()  # extra Host names accepted besides loopback (e.g. behind a proxy)
-    ws_queue_limit: int = 512  # messages buffered per websocket before previews, then the client, are dropped
-    ws_send_timeout: float = 20.0
+    ws_queue_limit: int = 512  # frames pending per websocket past which state frames merge and previews drop
+    ws_send_timeout: float = 20.0  # a websocket that reads nothing for this long is cut off
     preview_size: int = 512
     max_prompt_attempts: int = DEFAULT_MAX_PROMPT_ATTEMPTS
     options: dict = field(default_factory=dict)  # passed to RuntimeConfig.options

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from ..queue import QueueItem
-from .state import BadRequest, add_route, query_int, read_json_object, state_of
+from .state import BadRequest, add_route, json_off_loop, off_loop, query_int, read_json_object, state_of
 
 JOB_STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 PREVIEWABLE = ("images", "video", "gifs", "animated", "audio")
@@ -106,39 +106,48 @@ async def list_jobs(request: web.Request) -> web.Response:
     offset = query_int(request, "offset", 0) or 0
     limit = query_int(request, "limit")
     workflow_id = request.query.get("workflow_id")
-    jobs = [j for j in all_jobs(state) if (not statuses or j["status"] in statuses)
-            and (not workflow_id or j.get("workflow_id") == workflow_id)]
-    jobs.sort(key=_sort_key(sort_by), reverse=sort_order == "desc")
-    page = jobs[offset:offset + limit] if limit is not None else jobs[offset:]
-    return web.json_response({"jobs": page, "pagination": {
-        "offset": offset, "limit": limit, "total": len(jobs), "has_more": offset + len(page) < len(jobs)}})
+
+    def listing() -> dict[str, Any]:  # reads the whole queue and history: in the thread pool
+        jobs = [j for j in all_jobs(state) if (not statuses or j["status"] in statuses)
+                and (not workflow_id or j.get("workflow_id") == workflow_id)]
+        jobs.sort(key=_sort_key(sort_by), reverse=sort_order == "desc")
+        page = jobs[offset:offset + limit] if limit is not None else jobs[offset:]
+        return {"jobs": page, "pagination": {
+            "offset": offset, "limit": limit, "total": len(jobs), "has_more": offset + len(page) < len(jobs)}}
+
+    return await json_off_loop(listing)
+
+
+def job_detail(state, job_id: str) -> dict[str, Any] | None:
+    queued = state.queue.item(job_id)
+    if queued is not None:
+        return queue_job(queued[1], queued[0] == "running", detail=True)
+    entry = state.queue.history_entry(job_id)
+    return None if entry is None else history_job(entry, detail=True)
 
 
 async def get_job(request: web.Request) -> web.Response:
-    state = state_of(request)
-    job_id = request.match_info["job_id"]
-    queued = state.queue.item(job_id)
-    if queued is not None:
-        return web.json_response(queue_job(queued[1], queued[0] == "running", detail=True))
-    entry = state.queue.history_entry(job_id)
-    if entry is None:
+    job = await off_loop(job_detail, state_of(request), request.match_info["job_id"])
+    if job is None:
         return web.json_response({"error": "Job not found"}, status=404)
-    return web.json_response(history_job(entry, detail=True))
+    return web.json_response(job)
 
 
 def cancel(state, job_id: str) -> bool:
+    """Interrupt a running job or remove a pending one (any thread: the status broadcast goes through the hub)."""
     queued = state.queue.item(job_id)
     if queued is None:
         return False
     if queued[0] == "running":
         return state.worker.interrupt(job_id)
     cancelled = bool(state.queue.delete_pending([job_id]))
-    state.hub.broadcast_status()
+    state.hub.send_threadsafe_call(state.hub.broadcast_status)
     return cancelled
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    return web.json_response({"cancelled": cancel(state_of(request), request.match_info["job_id"])})
+    cancelled = await off_loop(cancel, state_of(request), request.match_info["job_id"])
+    return web.json_response({"cancelled": cancelled})
 
 
 async def cancel_jobs(request: web.Request) -> web.Response:
@@ -147,7 +156,7 @@ async def cancel_jobs(request: web.Request) -> web.Response:
     if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
         raise BadRequest("invalid_request", "job_ids must be a list of job ids")
     state = state_of(request)
-    results = [cancel(state, job_id) for job_id in ids]
+    results = await off_loop(lambda: [cancel(state, job_id) for job_id in ids])
     return web.json_response({"cancelled": any(results)})
 
 

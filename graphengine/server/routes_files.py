@@ -16,7 +16,7 @@ from aiohttp.web_request import FileField
 
 from ..limits import MAX_IMAGE_PIXELS, ImageTooLargeError, check_image_size, loads_limited
 from .security import PathRejected, check_component, contained_path, json_error
-from .state import BadRequest, add_route, state_of
+from .state import BadRequest, add_route, off_loop, state_of
 
 ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
 # Served as downloads only: a browser must never render them in our origin.
@@ -187,9 +187,8 @@ async def upload_image(request: web.Request) -> web.Response:
     fields, image = await _upload_fields(request)
     base, subfolder, filename, type_ = _target(request, fields, image)
     overwrite = fields.get("overwrite", "").lower() in ("true", "1")
-    data = image.file.read()
-    loop = asyncio.get_running_loop()
-    name = await loop.run_in_executor(None, store_upload, base, subfolder, filename, data, overwrite)
+    data = await off_loop(image.file.read)
+    name = await off_loop(store_upload, base, subfolder, filename, data, overwrite)
     return web.json_response({"name": name, "subfolder": subfolder, "type": type_})
 
 
@@ -224,10 +223,9 @@ async def upload_mask(request: web.Request) -> web.Response:
     if not original.is_file():
         return json_error(404, "not_found", "original_ref file not found")
     overwrite = fields.get("overwrite", "").lower() in ("true", "1")
-    data = await decode_in_thread("could not combine the mask with the original", _apply_mask, original,
-                                  image.file.read())
-    loop = asyncio.get_running_loop()
-    name = await loop.run_in_executor(None, store_upload, base, subfolder, filename, data, overwrite)
+    mask = await off_loop(image.file.read)
+    data = await decode_in_thread("could not combine the mask with the original", _apply_mask, original, mask)
+    name = await off_loop(store_upload, base, subfolder, filename, data, overwrite)
     return web.json_response({"name": name, "subfolder": subfolder, "type": type_})
 
 

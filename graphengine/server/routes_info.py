@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from .security import json_error
-from .state import add_route, state_of
+from .state import add_route, off_loop, state_of
 
 log = logging.getLogger("graphengine.server")
 
@@ -105,7 +105,7 @@ async def system_stats(request: web.Request) -> web.Response:
     state = state_of(request)
     total, free = _memory()
     devices_of = getattr(state.registry.services, "device_stats", None)
-    devices = devices_of() if callable(devices_of) else [
+    devices = await off_loop(devices_of) if callable(devices_of) else [
         {"name": "cpu", "type": "cpu", "index": 0, "vram_total": 0, "vram_free": 0,
          "torch_vram_total": 0, "torch_vram_free": 0}]
     return web.json_response({
@@ -122,7 +122,7 @@ async def features(request: web.Request) -> web.Response:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    files = folder_files(state_of(request), "embeddings") or []
+    files = await off_loop(folder_files, state_of(request), "embeddings") or []
     return web.json_response([os.path.splitext(f)[0] for f in files])
 
 
@@ -131,7 +131,7 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def models_in_folder(request: web.Request) -> web.Response:
-    files = folder_files(state_of(request), request.match_info["folder"])
+    files = await off_loop(folder_files, state_of(request), request.match_info["folder"])
     if files is None:
         return json_error(404, "not_found", "Unknown model folder", request.match_info["folder"][:100])
     return web.json_response(files)

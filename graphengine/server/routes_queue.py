@@ -15,7 +15,7 @@ from ..queue import DuplicatePromptError, QueueItem
 from ..registry import NodeRegistry
 from ..validation import PromptValidationError, ValidatedPrompt, validate_prompt
 from .security import json_error
-from .state import BadRequest, add_route, query_int, read_json_object, state_of
+from .state import BadRequest, add_route, json_off_loop, off_loop, query_int, read_json_object, state_of
 
 SENSITIVE_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 # Old clients send arbitrary ids; accept any reasonable token instead of insisting on a UUID.
@@ -97,10 +97,13 @@ async def post_prompt(request: web.Request) -> web.Response:
     return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": validated.node_errors})
 
 
+def queue_listing(queue) -> dict[str, Any]:
+    return {"queue_running": [i.as_list() for i in queue.running()],
+            "queue_pending": [i.as_list() for i in queue.pending()]}
+
+
 async def get_queue(request: web.Request) -> web.Response:
-    queue = state_of(request).queue
-    return web.json_response({"queue_running": [i.as_list() for i in queue.running()],
-                              "queue_pending": [i.as_list() for i in queue.pending()]})
+    return await json_off_loop(queue_listing, state_of(request).queue)
 
 
 def _id_list(body: dict[str, Any], key: str) -> list[str]:
@@ -114,9 +117,9 @@ async def post_queue(request: web.Request) -> web.Response:
     state = state_of(request)
     body = await read_json_object(request)
     if body.get("clear"):
-        state.queue.clear_pending()
+        await off_loop(state.queue.clear_pending)
     if "delete" in body:
-        state.queue.delete_pending(_id_list(body, "delete"))
+        await off_loop(state.queue.delete_pending, _id_list(body, "delete"))
     state.hub.broadcast_status()
     return web.Response(status=200)
 
@@ -125,22 +128,22 @@ async def get_history(request: web.Request) -> web.Response:
     queue = state_of(request).queue
     max_items = query_int(request, "max_items")
     offset = query_int(request, "offset")
-    return web.json_response(queue.history(max_items=max_items, offset=offset))
+    return await json_off_loop(lambda: queue.history(max_items=max_items, offset=offset))
 
 
 async def get_history_entry(request: web.Request) -> web.Response:
     prompt_id = request.match_info["prompt_id"]
-    entry = state_of(request).queue.history_entry(prompt_id)
-    return web.json_response({prompt_id: entry} if entry is not None else {})
+    entry = await off_loop(state_of(request).queue.history_entry, prompt_id)
+    return await json_off_loop(lambda: {prompt_id: entry} if entry is not None else {})
 
 
 async def post_history(request: web.Request) -> web.Response:
     queue = state_of(request).queue
     body = await read_json_object(request)
     if body.get("clear"):
-        queue.clear_history()
+        await off_loop(queue.clear_history)
     if "delete" in body:
-        queue.delete_history(_id_list(body, "delete"))
+        await off_loop(queue.delete_history, _id_list(body, "delete"))
     return web.Response(status=200)
 
 

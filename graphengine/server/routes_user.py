@@ -1,4 +1,6 @@
-"""Per-user storage used by the editor: /users, /settings, /userdata, /v2/userdata (single-user mode)."""
+"""Per-user storage used by the editor: /users, /settings, /userdata, /v2/userdata (single-user mode).
+
+Every file-system access runs in the thread pool (`off_loop`), never on the event loop."""
 
 from __future__ import annotations
 
@@ -6,16 +8,18 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from .security import PathRejected, check_component, contained_path, json_error
-from .state import BadRequest, add_route, query_flag, read_json, read_json_object, state_of
+from .state import BadRequest, add_route, json_off_loop, off_loop, query_flag, read_json, read_json_object, state_of
 
 SETTINGS_FILE = "comfy.settings.json"
 DEFAULT_USER = "default"
+SETTINGS_LOCK = web.AppKey("settings_lock", threading.Lock)  # updates read, merge and write in worker threads
 
 
 def user_root(request: web.Request) -> Path:
@@ -80,23 +84,27 @@ def save_settings(request: web.Request, settings: dict[str, Any]) -> None:
     write_atomic(_settings_path(request), json.dumps(settings, indent=2).encode())
 
 
+def update_settings(request: web.Request, changes: dict[str, Any]) -> None:
+    with request.app[SETTINGS_LOCK]:
+        save_settings(request, {**load_settings(request), **changes})
+
+
 async def get_settings(request: web.Request) -> web.Response:
-    return web.json_response(load_settings(request))
+    return await json_off_loop(load_settings, request)
 
 
 async def get_setting(request: web.Request) -> web.Response:
-    return web.json_response(load_settings(request).get(request.match_info["setting_id"]))
+    return await json_off_loop(lambda: load_settings(request).get(request.match_info["setting_id"]))
 
 
 async def post_settings(request: web.Request) -> web.Response:
-    body = await read_json_object(request)
-    save_settings(request, {**load_settings(request), **body})
+    await off_loop(update_settings, request, await read_json_object(request))
     return web.Response(status=200)
 
 
 async def post_setting(request: web.Request) -> web.Response:
     value = await read_json(request)
-    save_settings(request, {**load_settings(request), request.match_info["setting_id"]: value})
+    await off_loop(update_settings, request, {request.match_info["setting_id"]: value})
     return web.Response(status=200)
 
 
@@ -106,6 +114,10 @@ async def list_userdata(request: web.Request) -> web.Response:
     directory = request.query.get("dir", "")
     if not directory:
         raise BadRequest("invalid_request", "dir is required")
+    return await off_loop(userdata_listing, request, directory)
+
+
+def userdata_listing(request: web.Request, directory: str) -> web.Response:
     root = user_root(request)
     path = user_path(request, directory, "dir")
     if not path.is_dir():
@@ -123,7 +135,10 @@ async def list_userdata(request: web.Request) -> web.Response:
 
 
 async def list_userdata_v2(request: web.Request) -> web.Response:
-    relative = request.query.get("path", "")
+    return await off_loop(userdata_listing_v2, request, request.query.get("path", ""))
+
+
+def userdata_listing_v2(request: web.Request, relative: str) -> web.Response:
     root = user_root(request)
     path = user_path(request, relative, "path") if relative else contained_path(root)
     if not path.is_dir():
@@ -142,9 +157,14 @@ async def list_userdata_v2(request: web.Request) -> web.Response:
     return web.json_response(entries)
 
 
+def existing_file(request: web.Request, relative: str) -> Path | None:
+    path = user_path(request, relative, "file")
+    return path if path.is_file() else None
+
+
 async def get_userdata(request: web.Request) -> web.StreamResponse:
-    path = user_path(request, request.match_info["file"], "file")
-    if not path.is_file():
+    path = await off_loop(existing_file, request, request.match_info["file"])
+    if path is None:
         return json_error(404, "not_found", "File not found")
     headers = {"X-Content-Type-Options": "nosniff"}
     if path.name != "user.css":
@@ -160,25 +180,35 @@ def _written(request: web.Request, path: Path) -> web.Response:
 
 
 async def post_userdata(request: web.Request) -> web.Response:
-    path = user_path(request, request.match_info["file"], "file")
-    if path.exists() and not query_flag(request, "overwrite", True):
+    path = await off_loop(user_path, request, request.match_info["file"], "file")
+    exists, is_dir = await off_loop(lambda: (path.exists(), path.is_dir()))
+    if exists and not query_flag(request, "overwrite", True):
         return json_error(409, "exists", "File already exists")
-    if path.is_dir():
+    if is_dir:
         return json_error(400, "is_directory", "A directory has that name")
-    write_atomic(path, await request.read())
+    data = await request.read()
+    return await off_loop(write_userdata, request, path, data)
+
+
+def write_userdata(request: web.Request, path: Path, data: bytes) -> web.Response:
+    write_atomic(path, data)
     path = user_path(request, request.match_info["file"], "file")
     return _written(request, path)
 
 
 async def delete_userdata(request: web.Request) -> web.Response:
-    path = user_path(request, request.match_info["file"], "file")
-    if not path.is_file():
+    path = await off_loop(existing_file, request, request.match_info["file"])
+    if path is None:
         return json_error(404, "not_found", "File not found")
-    path.unlink()
+    await off_loop(path.unlink)
     return web.Response(status=204)
 
 
 async def move_userdata(request: web.Request) -> web.Response:
+    return await off_loop(move_userdata_file, request)
+
+
+def move_userdata_file(request: web.Request) -> web.Response:
     source = user_path(request, request.match_info["file"], "file")
     dest = user_path(request, request.match_info["dest"], "dest")
     if not source.exists():
@@ -192,6 +222,7 @@ async def move_userdata(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    app[SETTINGS_LOCK] = threading.Lock()
     add_route(app, "GET", "/users", get_users)
     add_route(app, "POST", "/users", post_users)
     add_route(app, "GET", "/settings", get_settings)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -18,6 +21,7 @@ from .security import json_error
 from .worker import PromptWorker
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,6 +54,17 @@ class BadRequest(Exception):
 
     def response(self) -> web.Response:
         return json_error(400, self.type, str(self), self.details)
+
+
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking work (files, SQLite, large JSON, images) in the thread pool, never on the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
+
+
+async def json_off_loop(function: Callable[..., Any], *args: Any) -> web.Response:
+    """A JSON response whose value is computed and serialised in the thread pool."""
+    body = await off_loop(lambda: json.dumps(function(*args)).encode())
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 async def read_json(request: web.Request, *, optional: bool = False) -> Any:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .routes_info import folder_files, folder_names
 from .security import PathRejected, check_component, contained_path, json_error
-from .state import add_route, state_of
+from .state import add_route, json_off_loop, off_loop, state_of
 
 FRONTEND_PACKAGE = "comfyui_frontend_package"
 NO_STORE = {"Cache-Control": "no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
@@ -116,11 +116,11 @@ def _model_entry(roots: list[str], name: str) -> dict[str, Any]:
 async def experiment_models_in_folder(request: web.Request) -> web.Response:
     state = state_of(request)
     folder = request.match_info["folder"]
-    files = folder_files(state, folder)
+    files = await off_loop(folder_files, state, folder)
     if files is None:
         return json_error(404, "not_found", "Unknown model folder", folder[:100])
     roots = _folder_paths(state, folder)
-    return web.json_response([_model_entry(roots, name) for name in files])
+    return await json_off_loop(lambda: [_model_entry(roots, name) for name in files])
 
 
 async def internal_folder_paths(request: web.Request) -> web.Response:
@@ -135,9 +135,13 @@ async def internal_files(request: web.Request) -> web.Response:
         return json_error(400, "invalid_directory_type", "directory_type must be output, input or temp", kind[:50])
     config = state_of(request).config
     root = Path({"output": config.output_dir, "input": config.input_dir, "temp": config.temp_dir}[kind])
+    return await json_off_loop(newest_first, root)
+
+
+def newest_first(root: Path) -> list[str]:
     files = [entry for entry in os.scandir(root) if entry.is_file()] if root.is_dir() else []
     files.sort(key=lambda entry: entry.stat().st_mtime, reverse=True)
-    return web.json_response([entry.name for entry in files])
+    return [entry.name for entry in files]
 
 
 async def internal_logs(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ import struct
 
 import aiohttp
 
-from .harness import async_test, chain, receive_json, receive_until_done, serve
+from .harness import async_test, chain, receive_json, receive_until_done, serve, stuck_client
 
 
 def types(frames):
@@ -185,33 +185,11 @@ async def test_prompt_without_client_id_broadcasts_only_progress_and_the_end(tmp
         await ws.close()
 
 
-async def _stuck_client(port: int, client_id: str):
-    """A websocket client that completes the handshake and then never reads, with a tiny receive buffer."""
-    import base64
-    import os
-    import socket
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, ("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-    await loop.sock_sendall(sock, request.encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await loop.sock_recv(sock, 1)
-    assert b" 101 " in head.split(b"\r\n")[0]
-    return sock
-
-
 @async_test
 async def test_a_stuck_client_does_not_stall_a_reading_one(tmp_path):
     async with serve(tmp_path, ws_queue_limit=128, ws_send_timeout=60) as srv:
         port = srv.client.server.port
-        stuck = await _stuck_client(port, "stuck")
+        stuck = await stuck_client(port, "stuck")
         reader = await srv.ws("reader")
         await receive_json(reader)
         flood = await srv.post_prompt(chain(steps=60, preview_size=384, tag="flood"), client_id="stuck",
@@ -251,7 +229,7 @@ async def test_100_prompts_10_clients_one_never_reads(tmp_path):
     """Nine reading clients and one that never reads share 100 prompts: every reader gets every event of its own
     prompts, in order, ending with `executing {node: null}`, and none of another client's."""
     async with serve(tmp_path) as srv:
-        stuck = await _stuck_client(srv.client.server.port, "stuck")
+        stuck = await stuck_client(srv.client.server.port, "stuck")
         readers = {f"reader{i}": await srv.ws(f"reader{i}") for i in range(9)}
         for ws in readers.values():
             assert (await receive_json(ws))["type"] == "status"
