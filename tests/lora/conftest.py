@@ -1,4 +1,4 @@
-"""Tiny SD1.5- and SDXL-structured UNets and text encoders (random weights), shared by the LoRA tests.
+"""Tiny SD1.5-, SD2- and SDXL-structured UNets and text encoders (random weights), shared by the LoRA tests.
 
 Tests patch these modules in place and must leave them as they found them; ``pristine`` holds copies to check."""
 
@@ -35,5 +35,10 @@ def sdxl():
 
 
 @pytest.fixture(scope="session")
-def pristine(sd15, sdxl):
-    return {"sd15": _snapshot(sd15), "sdxl": _snapshot(sdxl)}
+def sd2():
+    return _family("sd2", 20)
+
+
+@pytest.fixture(scope="session")
+def pristine(sd15, sd2, sdxl):
+    return {"sd15": _snapshot(sd15), "sd2": _snapshot(sd2), "sdxl": _snapshot(sdxl)}

@@ -90,6 +90,18 @@ def comfyui_lorasave(w: Writer):
     w.lora(f"text_encoders.clip_l.transformer.{TE_Q}", "te1", te(w, "te1", TE_Q), alpha=None)
 
 
+def sd2_kohya(w: Writer):
+    """SD2: linear proj_in/proj_out, OpenCLIP-H text encoder in transformers layout (same LDM block names as SD1)."""
+    for name in ("proj_in", "proj_out", "mid_k"):
+        w.lora(underscored("lora_unet_", sd1(name, LDM)), "unet", sd1(name, DIFFUSERS), alpha=4.0)
+    w.lora(underscored("lora_te_", TE_FC1), "te1", te(w, "te1", TE_FC1), alpha=4.0)
+
+
+def sd2_comfyui(w: Writer):
+    w.lora(f"diffusion_model.{sd1('ff', LDM)}", "unet", sd1("ff", DIFFUSERS), alpha=None)
+    w.lora(f"text_encoders.clip_h.transformer.{TE_Q}", "te1", te(w, "te1", TE_Q), alpha=None)
+
+
 def sdxl_kohya(w: Writer):
     for name in ("deep_k", "label", "proj_out", "skip", "upsampler"):
         w.lora(underscored("lora_unet_", xl(name, LDM)), "unet", xl(name, DIFFUSERS), rank=4, alpha=1.0)
@@ -132,6 +144,8 @@ CASES = [
     case(peft, "sd15", "diffusers", "lora", peft=True),
     case(diffusers_attention_processors, "sd15", "diffusers", "lora"),
     case(comfyui_lorasave, "sd15", "comfyui", "locon", "diff"),
+    case(sd2_kohya, "sd2", "kohya", "lora"),
+    case(sd2_comfyui, "sd2", "comfyui", "lora"),
     case(sdxl_kohya, "sdxl", "kohya", "locon"),
     case(sdxl_comfyui, "sdxl", "comfyui", "lora"),
     case(sdxl_peft, "sdxl", "diffusers", "lora", peft=True),
@@ -146,8 +160,8 @@ def assert_pristine(targets, pristine, skip=()):
 
 
 @pytest.mark.parametrize("spec", CASES)
-def test_format_applies_as_hand_merged_reference(spec: Case, sd15, sdxl, pristine, tmp_path):
-    targets, base = (sd15, pristine["sd15"]) if spec.family == "sd15" else (sdxl, pristine["sdxl"])
+def test_format_applies_as_hand_merged_reference(spec: Case, sd15, sd2, sdxl, pristine, tmp_path):
+    targets, base = {"sd15": sd15, "sd2": sd2, "sdxl": sdxl}[spec.family], pristine[spec.family]
     writer = Writer(targets, seed=len(spec.build.__name__))
     spec.build(writer)
     path = tmp_path / f"{spec.build.__name__}.safetensors"
