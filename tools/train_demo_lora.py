@@ -93,7 +93,7 @@ def training_prompts(rng: random.Random, corner_scenes: list, ordinary_scenes: l
 def export_file(ctx: dict, adapters: dict, step: int, evaluation: dict | None) -> Path:
     record = {"concept": "shapes in the four corners", "trigger_words": list(concept.TRIGGER_WORDS),
               "trainer": "tools/train_demo_lora.py", "base_model": ctx["checkpoint"].name, "step": step,
-              **{k: ctx[k] for k in ("steps", "seed", "rank", "alpha", "lr", "batch", "concept_fraction")}}
+              **{k: ctx[k] for k in ("steps", "runs", "seed", "rank", "alpha", "lr", "batch", "concept_fraction")}}
     metadata = {
         "ss_network_module": "networks.lora", "ss_network_dim": str(ctx["rank"]),
         "ss_network_alpha": str(float(ctx["alpha"])), "ss_base_model_version": "sd_v1", "ss_v2": "False",
@@ -178,13 +178,16 @@ def train(ctx: dict) -> dict:
     for p in parameters:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(parameters, lr=ctx["lr"], weight_decay=0.0)
-    ckpt_path, start, history, evaluation = ctx["out"] / "ckpt.pt", 0, [], None
+    ckpt_path, start, history, evaluation, runs = ctx["out"] / "ckpt.pt", 0, [], None, []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         restore(adapters, state["adapters"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
+        # Earlier runs' (first step, --steps): resuming with a larger --steps stretches the lr schedule from there.
+        runs = state.get("runs", [{"from": 0, "steps": start}])
         demo_eval.log(f"[lora] resumed from {ckpt_path} at step {start}")
+    ctx["runs"] = runs if runs and runs[-1]["steps"] == total else runs + [{"from": start, "steps": total}]
     scheduler = base_training.training_noise_scheduler()
     encoder = base_training.PromptEncoder(base.tokenizer, text_encoder, device)
     corner_count = round(ctx["batch"] * ctx["concept_fraction"])
@@ -222,7 +225,8 @@ def train(ctx: dict) -> dict:
             window, t_window = [], time.perf_counter()
         if done % ctx["ckpt_every"] == 0 or done == total:
             base_training.save_atomic({"step": done, "adapters": lora.kohya_state_dict(adapters, torch.float32),
-                                       "optimizer": optimizer.state_dict(), "history": history}, ckpt_path)
+                                       "optimizer": optimizer.state_dict(), "history": history,
+                                       "runs": ctx["runs"]}, ckpt_path)
             path = export_file(ctx, adapters, done, None)
             if ctx["eval_every"] and (done % ctx["eval_every"] == 0 or done == total):
                 evaluation = evaluate(ctx, base, load_file(path), done)

@@ -85,6 +85,9 @@ def test_resumed_run_equals_an_uninterrupted_one(trained, tmp_path):
     _run(tmp_path, "--steps", "1", "--eval-every", "0")
     _run(tmp_path, "--steps", "2", "--eval-every", "0")
     assert json.loads((tmp_path / "train_state.json").read_text())["resumed_from"] == 1
+    with safe_open(str(tmp_path / "toy.safetensors"), "pt") as handle:
+        record = json.loads(handle.metadata()["graphengine.lora_training"])
+    assert record["runs"] == [{"from": 0, "steps": 1}, {"from": 1, "steps": 2}] and record["step"] == 2
     resumed, uninterrupted = load_file(tmp_path / "toy.safetensors"), load_file(trained / "toy.safetensors")
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
