@@ -130,7 +130,8 @@ def _record(ctx: dict, stage: str, step: int, summary: dict, extra: dict | None 
     log(f"[{stage}] eval at step {step} ({summary['count']} held-out prompts): {shown}")
 
 
-def _references(scenes: list) -> list[np.ndarray]:
+def reference_images(scenes: list) -> list[np.ndarray]:
+    """The renderer's own (canonical) drawings of the scenes, uint8."""
     return [np.asarray(sd.render(scene)[0]) for scene in scenes]
 
 
@@ -140,7 +141,7 @@ def _references(scenes: list) -> list[np.ndarray]:
 @torch.no_grad()
 def evaluate_vae(vae, ctx: dict, step: int, stage: str = "vae") -> None:
     scenes = eval_scenes(ctx["eval_prompts"])
-    references = _references(scenes)
+    references = reference_images(scenes)
     pixels = torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     device = next(vae.parameters()).device
     recon = vae.decode(vae.encode(pixels.to(device)).latent_dist.mean).sample.clamp(-1, 1)
@@ -152,16 +153,21 @@ def evaluate_vae(vae, ctx: dict, step: int, stage: str = "vae") -> None:
 
 
 @torch.no_grad()
+def generate_images(pipeline, prompts: list[str], steps: int = SAMPLE_STEPS) -> list[np.ndarray]:
+    """uint8 64x64 images of the prompts: DPM++ 2M, `steps` steps, CFG GUIDANCE, seeds 1000, 1001, ..."""
+    result = _dpm_solver(pipeline)(prompts, height=sd.IMAGE_SIZE, width=sd.IMAGE_SIZE,
+                                   num_inference_steps=steps, guidance_scale=GUIDANCE,
+                                   generator=_generators(len(prompts)), output_type="np")
+    return _to_uint8(result.images)
+
+
+@torch.no_grad()
 def evaluate_text_to_image(pipeline, ctx: dict, stage: str, step: int) -> None:
     scenes = eval_scenes(ctx["eval_prompts"])
-    pipeline = _dpm_solver(pipeline)
-    result = pipeline([sd.caption(s) for s in scenes], height=sd.IMAGE_SIZE, width=sd.IMAGE_SIZE,
-                      num_inference_steps=SAMPLE_STEPS, guidance_scale=GUIDANCE,
-                      generator=_generators(len(scenes)), output_type="np")
-    images = _to_uint8(result.images)
+    images = generate_images(pipeline, [sd.caption(s) for s in scenes])
     summary = sd.summarize([sd.score(image, scene) for image, scene in zip(images, scenes)])
     _record(ctx, stage, step, summary)
-    save_grid([_references(scenes), images], ctx["out"] / stage / "samples.png")
+    save_grid([reference_images(scenes), images], ctx["out"] / stage / "samples.png")
 
 
 def object_box_mask(scene, margin: float = 4.0) -> np.ndarray:
@@ -178,7 +184,7 @@ def object_box_mask(scene, margin: float = 4.0) -> np.ndarray:
 def evaluate_inpaint(pipeline, ctx: dict, step: int) -> None:
     """Mask out the (first) object of each held-out scene and ask the model to paint it back."""
     scenes = eval_scenes(ctx["eval_prompts"])
-    references = _references(scenes)
+    references = reference_images(scenes)
     masks = [object_box_mask(scene) for scene in scenes]
     pipeline = _dpm_solver(pipeline)
     result = pipeline([sd.caption(s) for s in scenes], image=[Image.fromarray(r) for r in references],
@@ -213,4 +219,4 @@ def evaluate_depth(pipeline, ctx: dict, step: int) -> None:
     placed = sd.summarize([sd.score(image, scene) for image, scene in zip(_to_uint8(result.images), scenes)])
     _record(ctx, "depth", step, summary, {"pos_ok_from_depth_only": round(placed["pos_ok"], 4)})
     depth_pictures = [np.repeat((d[..., None] * 255).astype(np.uint8), 3, axis=2) for d in depths]
-    save_grid([_references(scenes), depth_pictures, images], ctx["out"] / "depth" / "samples.png")
+    save_grid([reference_images(scenes), depth_pictures, images], ctx["out"] / "depth" / "samples.png")

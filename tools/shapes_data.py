@@ -59,6 +59,17 @@ POSITION_PHRASES = {
     "center": "in the center",
 }
 PAIR_LAYOUTS = (("left", "right"), ("top", "bottom"))
+# Positions the base model never saw (no shape was ever drawn in a corner, no caption says "corner"), taught by
+# the bundled demo LoRA (tools/train_demo_lora.py). Score corner prompts with anchors=ALL_ANCHORS.
+CORNER_ANCHORS: dict[str, tuple[float, float]] = {
+    "top left": (17.0, 17.0),
+    "top right": (47.0, 17.0),
+    "bottom left": (17.0, 47.0),
+    "bottom right": (47.0, 47.0),
+}
+CORNER_PHRASES = {corner: f"in the {corner} corner" for corner in CORNER_ANCHORS}
+ALL_ANCHORS = {**ANCHORS, **CORNER_ANCHORS}
+ALL_POSITION_PHRASES = {**POSITION_PHRASES, **CORNER_PHRASES}
 # Half-extent of a shape in px. Small tops out at a bbox of ~15 px, large starts at ~19 px.
 RADIUS_RANGE = {"small": (5.5, 7.5), "large": (10.5, 12.5)}
 SIZE_EXTENT_THRESHOLD = 18  # bbox extent (px) at or above which the scorer calls a shape large
@@ -138,7 +149,7 @@ def layout(spec: SceneSpec, seed: int | None = None) -> list[PlacedShape]:
     placed = []
     for obj in spec.objects:
         low, high = RADIUS_RANGE[obj.size]
-        ax, ay = ANCHORS[obj.position]
+        ax, ay = ALL_ANCHORS[obj.position]
         if rng is None:
             radius, dx, dy = (low + high) / 2, 0.0, 0.0
         else:
@@ -199,7 +210,7 @@ def _article(word: str) -> str:
 def _object_phrase(obj: ShapeSpec) -> str:
     words = [w for w in (obj.size, obj.color, obj.shape) if w is not None]
     phrase = f"{_article(words[0])} {' '.join(words)}"
-    return phrase if obj.position is None else f"{phrase} {POSITION_PHRASES[obj.position]}"
+    return phrase if obj.position is None else f"{phrase} {ALL_POSITION_PHRASES[obj.position]}"
 
 
 def caption(spec: SceneSpec) -> str:
@@ -223,13 +234,13 @@ def drop_attributes(
 
 
 _COLOR_RE = "|".join(OBJECT_COLORS)
-_POSITION_RE = "|".join(re.escape(p) for p in POSITION_PHRASES.values())
+_POSITION_RE = "|".join(re.escape(p) for p in ALL_POSITION_PHRASES.values())
 _OBJECT_RE = re.compile(
     rf"^an? (?:(?P<size>{'|'.join(SIZES)}) )?(?P<color>{_COLOR_RE}) (?P<shape>{'|'.join(SHAPES)})"
     rf"(?: (?P<position>{_POSITION_RE}))?$"
 )
 _BACKGROUND_RE = re.compile(rf"^(?P<rest>.*) on an? (?P<background>{'|'.join(BACKGROUND_COLORS)}) background$")
-_PHRASE_TO_POSITION = {v: k for k, v in POSITION_PHRASES.items()}
+_PHRASE_TO_POSITION = {v: k for k, v in ALL_POSITION_PHRASES.items()}
 
 
 def parse_prompt(text: str) -> SceneSpec:
@@ -373,7 +384,7 @@ def _classify_shape(component: np.ndarray) -> tuple[str, int]:
     return shape, int(max(height, width))
 
 
-def _score_object(labels: np.ndarray, obj: ShapeSpec) -> dict:
+def _score_object(labels: np.ndarray, obj: ShapeSpec, anchors: dict) -> dict:
     color_index = list(SCORE_COLORS).index(obj.color)
     mask = labels == color_index
     count = int(mask.sum())
@@ -384,8 +395,8 @@ def _score_object(labels: np.ndarray, obj: ShapeSpec) -> dict:
         ys, xs = np.nonzero(mask)
         if count:
             cx, cy = xs.mean(), ys.mean()
-            nearest = min(ANCHORS, key=lambda p: (ANCHORS[p][0] - cx) ** 2 + (ANCHORS[p][1] - cy) ** 2)
-            ax, ay = ANCHORS[obj.position]
+            nearest = min(anchors, key=lambda p: (anchors[p][0] - cx) ** 2 + (anchors[p][1] - cy) ** 2)
+            ax, ay = anchors[obj.position]
             concentration = float((((xs - ax) ** 2 + (ys - ay) ** 2) <= CONCENTRATION_RADIUS**2).mean())
             result["centroid_error"] = float(math.hypot(cx - ax, cy - ay))
             located = located and nearest == obj.position and concentration >= MIN_CONCENTRATION
@@ -404,16 +415,17 @@ def _mean_or_none(values: list) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def score(image, spec: SceneSpec) -> dict:
+def score(image, spec: SceneSpec, anchors: dict[str, tuple[float, float]] = ANCHORS) -> dict:
     """Check an image (PIL, uint8 HxWx3, or float HxWx3 in [0, 1]) against a scene spec.
 
     Returns floats in [0, 1]: color_ok / pos_ok / shape_ok / size_ok are the fraction of objects
     passing (None when the spec lacks the attribute), bg_ok is 0/1 (None without a background),
     all_ok is 1 when the background and every object's colour and position pass. `objects` holds
-    the per-object results (booleans and centroid_error in px).
+    the per-object results (booleans and centroid_error in px). A position passes when its anchor is the
+    nearest of `anchors` (pass ALL_ANCHORS for corner prompts) to the colour's centroid.
     """
     labels = classify_pixels(image)
-    objects = [_score_object(labels, obj) for obj in spec.objects]
+    objects = [_score_object(labels, obj, anchors) for obj in spec.objects]
     bg_ok = None
     if spec.background is not None:
         ring = np.ones(labels.shape, dtype=bool)
