@@ -18,6 +18,11 @@ from .validation import Link, NodeCall
 
 SizeOf = Callable[[Any], int]
 MAX_DEFAULT_BYTES = 8 * 1024**3
+# Node results kept at most (ComfyUI's --cache-lru N); bounds the bookkeeping of many tiny results, which a byte
+# budget of gigabytes would let grow for millions of prompts.
+DEFAULT_MAX_ENTRIES = 10_000
+# What one entry costs beyond its outputs: the key, the entry and its lists, the LRU's link (measured ~0.5 KB).
+ENTRY_OVERHEAD = 512
 
 
 def default_max_bytes() -> int:
@@ -50,13 +55,17 @@ class CacheEntry:
 
 
 class ResultCache:
-    """An LRU of node results within `max_bytes`; entries used by the running prompt are never evicted.
+    """An LRU of node results within `max_bytes` and `max_entries`; entries used by the running prompt are never
+    evicted.
 
     Entries of other workflows stay while there is room, so switching back to a graph reuses its results.
-    `max_bytes` defaults to `default_max_bytes()`; `sizeof` measures one entry's outputs."""
+    `max_bytes` defaults to `default_max_bytes()`; `sizeof` measures one entry's outputs (each entry also counts
+    ENTRY_OVERHEAD bytes)."""
 
-    def __init__(self, max_bytes: int | None = None, sizeof: SizeOf = default_sizeof) -> None:
+    def __init__(self, max_bytes: int | None = None, sizeof: SizeOf = default_sizeof,
+                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
+        self.max_entries = max_entries
         self.sizeof = sizeof
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._total = 0
@@ -93,20 +102,23 @@ class ResultCache:
 
     def put(self, key: str, entry: CacheEntry, protected: Iterable[str] = ()) -> None:
         with self._lock:
-            entry.size = self.sizeof(entry.outputs)
+            entry.size = self.sizeof(entry.outputs) + ENTRY_OVERHEAD
             old = self._entries.pop(key, None)
             if old is not None:
                 self._total -= old.size
             self._entries[key] = entry
             self._total += entry.size
-            if self._total > self.max_bytes:
+            if self._over():
                 self.evict(protected={key, *protected})
+
+    def _over(self) -> bool:
+        return self._total > self.max_bytes or len(self._entries) > self.max_entries
 
     def evict(self, protected: Iterable[str] = ()) -> None:
         keep = set(protected)
         with self._lock:
             for key in list(self._entries):
-                if self._total <= self.max_bytes:
+                if not self._over():
                     break
                 if key in keep:
                     continue

@@ -8,7 +8,7 @@ from graphengine import NodeRegistry, RuntimeConfig
 
 from .services import Services
 
-NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth")
+NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes")
 
 
 def node_classes() -> list[type]:

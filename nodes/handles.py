@@ -15,6 +15,7 @@ alive; `unet`/`vae` are the live module and `nbytes` is what the handle itself k
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +154,21 @@ class UNetModel:
     manager: Any = None
     preview_vae: VaeModel | None = None
     sdxl: SdxlConditioning | None = field(default=None)
+    weight_patches: tuple = ()  # nodes.lora.AppliedLora, applied in order while the model runs
+
+    def with_weight_patch(self, patch: Any) -> UNetModel:
+        """A new handle with one more weight patch (the cached base module is not touched)."""
+        return dataclasses.replace(self, weight_patches=(*self.weight_patches, patch))
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[torch.nn.Module]:
+        """The live UNet on the compute device with this handle's weight patches applied for the block (the
+        sampler holds this for a whole run; nested network calls reuse it)."""
+        from .lora.applied import weights_patched
+
+        with on_compute_device(self.manager, self.unet) as unet, weights_patched({"unet": unet},
+                                                                                 self.weight_patches):
+            yield unet
 
     @classmethod
     def build(cls, unet: ModuleSource, *, prediction: str, latent_scale_factor: float, family: str,
@@ -169,7 +185,8 @@ class UNetModel:
 
     @property
     def nbytes(self) -> int:
-        return held_bytes(self.unet_source)
+        from .lora.applied import patches_nbytes
+        return held_bytes(self.unet_source) + patches_nbytes(self.weight_patches)
 
     @property
     def context_dim(self) -> int:
@@ -197,7 +214,7 @@ class UNetModel:
         if x.shape[1] != self.in_channels:
             raise ValueError(f"the model takes {self.in_channels} input channels, got {x.shape[1]}")
         batch = x.shape[0]
-        with on_compute_device(self.manager, self.unet) as unet:
+        with self.patched() as unet:
             device, dtype = module_device_dtype(unet)
 
             def run(rows: slice) -> torch.Tensor:

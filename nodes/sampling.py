@@ -27,7 +27,10 @@ SchedulerName = Annotated[str, Combo(list(SCHEDULER_NAMES), tooltip="How the noi
 
 
 def _pinned(model: Any):
-    """Keep the UNet on the compute device for the whole run rather than per network call."""
+    """Keep the UNet on the compute device, with its weight patches applied, for the whole run rather than per
+    network call."""
+    if hasattr(model, "patched"):
+        return model.patched()
     manager = getattr(model, "manager", None)
     unet = getattr(model, "unet", None)
     if manager is None or unet is None:

@@ -23,6 +23,7 @@ from workflows.templates import TEMPLATES  # noqa: E402
 # file stem -> (template name, parameters besides the template's defaults)
 WORKFLOWS: dict[str, tuple[str, dict[str, Any]]] = {
     "txt2img": ("txt2img", {"prompt": "a red circle on the left on a blue background"}),
+    "lora": ("lora", {"prompt": "a red circle in the top left corner on a blue background"}),
     "img2img": ("img2img", {"prompt": "a large yellow circle in the center on a blue background"}),
     "inpaint": ("inpaint", {
         "prompt": "a red circle on the left and a green triangle on the right on a blue background"}),

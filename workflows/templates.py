@@ -14,6 +14,7 @@ from graphengine.script import Graph, OutputRef
 BASE_CHECKPOINT = "graphengine-demo.safetensors"
 INPAINT_CHECKPOINT = "graphengine-demo-inpaint.safetensors"
 DEPTH_CHECKPOINT = "graphengine-demo-depth.safetensors"
+DEMO_LORA = "graphengine-demo-corners.safetensors"  # models/loras/: teaches the demo model shapes in the corners
 AREA_MIN = 64  # ConditioningSetArea's smallest width/height in pixels
 
 def _graph(registry: NodeRegistry | None) -> Graph:
@@ -43,6 +44,24 @@ def txt2img(prompt: str, negative: str = "", width: int = 64, height: int = 64, 
     latent = g.EmptyLatentImage(width=width, height=height, batch_size=batch_size)
     sampled = g.KSampler(model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler,
                          positive=positive, negative=negative_cond, latent_image=latent, denoise=1.0)
+    _decode_and_save(g, sampled[0], vae, filename_prefix)
+    return g
+
+
+def lora(prompt: str, lora_name: str = DEMO_LORA, strength_model: float = 1.0, strength_clip: float = 1.0,
+         negative: str = "", width: int = 64, height: int = 64, steps: int = 20, cfg: float = 5.0,
+         sampler: str = "euler", scheduler: str = "normal", seed: int = 0, checkpoint: str = BASE_CHECKPOINT,
+         filename_prefix: str = "lora", *, registry: NodeRegistry | None = None) -> Graph:
+    """Text to image with a LoRA on the model and the text encoder (the demo LoRA knows "in the top left corner")."""
+    g = _graph(registry)
+    model, clip, vae = g.CheckpointLoaderSimple(ckpt_name=checkpoint)
+    model, clip = g.LoraLoader(model=model, clip=clip, lora_name=lora_name, strength_model=strength_model,
+                               strength_clip=strength_clip)
+    positive = g.CLIPTextEncode(text=prompt, clip=clip, _title="Positive prompt")
+    negative_cond = g.CLIPTextEncode(text=negative, clip=clip, _title="Negative prompt")
+    latent = g.EmptyLatentImage(width=width, height=height, batch_size=1)
+    sampled = g.KSampler(model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler,
+                         positive=positive[0], negative=negative_cond[0], latent_image=latent, denoise=1.0)
     _decode_and_save(g, sampled[0], vae, filename_prefix)
     return g
 
@@ -222,6 +241,7 @@ def area_composition(prompt: str, regions: list[str], negative: str = "", width:
 
 TEMPLATES = {
     "txt2img": txt2img,
+    "lora": lora,
     "img2img": img2img,
     "inpaint": inpaint,
     "inpaint_model": inpaint_model,

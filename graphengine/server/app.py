@@ -9,7 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..admission import AdmissionLimits
-from ..cache import ResultCache
+from ..cache import ResultCache, default_sizeof
 from ..queue import PromptQueue
 from ..registry import NodeRegistry
 from ..runtime import build_registry
@@ -34,6 +34,9 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, *,
     hub = WebSocketHub(queue_limit=config.ws_queue_limit, send_timeout=config.ws_send_timeout,
                        server_flags=routes_info.server_flags_of(config))
     limits = AdmissionLimits.for_machine(registry.services, **config.limits)
+    if cache is None:
+        sizeof = getattr(registry.services, "result_sizeof", None) or default_sizeof
+        cache = ResultCache(sizeof=sizeof, max_entries=config.cache_entries)
     worker = PromptWorker(queue, registry, hub, preview_method=config.preview_method,
                           preview_size=config.preview_size, cache=cache, memory_budget=limits.memory_budget,
                           max_attempts=config.max_prompt_attempts)

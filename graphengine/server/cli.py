@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..admission import add_limit_arguments, limit_overrides
 from .app import create_app
+from ..cache import DEFAULT_MAX_ENTRIES
 from .config import DEFAULT_MAX_PROMPT_ATTEMPTS, PREVIEW_METHODS, ServerConfig
 from .security import RedactingAccessLogger, TokenRedactingFilter
 
@@ -34,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-history", type=int, default=10000)
     p.add_argument("--max-prompt-attempts", type=int, default=DEFAULT_MAX_PROMPT_ATTEMPTS,
                    help="starts a prompt gets if the server dies while running it; then it is failed (default 2)")
+    p.add_argument("--cache-lru", type=int, default=DEFAULT_MAX_ENTRIES, metavar="N",
+                   help="node results the result cache keeps at most, besides its byte budget (default 10000)")
     p.add_argument("--allowed-host", action="append", default=[], help="extra Host name to accept (repeatable)")
     p.add_argument("--log-level", default="INFO")
     add_limit_arguments(p)
@@ -47,7 +50,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         preview_method=args.preview_method, max_upload_size_mb=args.max_upload_size,
                         database=args.database, max_history=args.max_history,
                         allowed_hosts=tuple(args.allowed_host), limits=limit_overrides(args),
-                        max_prompt_attempts=args.max_prompt_attempts)
+                        max_prompt_attempts=args.max_prompt_attempts, cache_entries=args.cache_lru)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

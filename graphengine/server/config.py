@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cache import DEFAULT_MAX_ENTRIES
 from ..runtime import RuntimeConfig
 
 PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
@@ -43,6 +44,7 @@ class ServerConfig:
     ws_send_timeout: float = 20.0  # a websocket that reads nothing for this long is cut off
     preview_size: int = 512
     max_prompt_attempts: int = DEFAULT_MAX_PROMPT_ATTEMPTS
+    cache_entries: int = DEFAULT_MAX_ENTRIES  # node results the result cache keeps at most (ComfyUI's --cache-lru)
     options: dict = field(default_factory=dict)  # passed to RuntimeConfig.options
     limits: dict = field(default_factory=dict)  # AdmissionLimits fields over the machine's defaults (0: no limit)
 
@@ -53,6 +55,8 @@ class ServerConfig:
         self.user_dir, self.models_dir = runtime.user_dir, runtime.models_dir
         if not self.listen_hosts:
             raise ValueError(f"--listen needs at least one address, got {self.listen!r}")
+        if self.cache_entries < 1:
+            raise ValueError(f"cache_entries must be at least 1, got {self.cache_entries}")
         if self.max_prompt_attempts < 1:
             raise ValueError(f"max_prompt_attempts must be at least 1, got {self.max_prompt_attempts}")
         if self.preview_method not in PREVIEW_METHODS:

@@ -15,6 +15,7 @@ resolves it on access, so a cached CLIP keeps no weights alive after the manager
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
@@ -88,7 +89,7 @@ class ClipModel:
     """What flows through CLIP sockets. Cheap to clone; clones share the encoder modules."""
 
     def __init__(self, text_encoders, tokenizers, family: str, embedding_dirs: Sequence[str | os.PathLike] = (),
-                 manager: Any = None, layer_idx: int | None = None) -> None:
+                 manager: Any = None, layer_idx: int | None = None, weight_patches: tuple = ()) -> None:
         if family not in FAMILY_ROLES:
             raise ValueError(f"unknown CLIP family {family!r}; expected one of {sorted(FAMILY_ROLES)}")
         self.family = family
@@ -99,6 +100,7 @@ class ClipModel:
         self.manager = manager
         self.layer_idx = layer_idx  # CLIPSetLastLayer override; None = each encoder's family default
         self.specs = {r.name: _tokenizer_spec(self.tokenizers[r.name], r) for r in self.roles}
+        self.weight_patches = tuple(weight_patches)  # nodes.lora.AppliedLora, applied while encoding
 
     @property
     def text_encoders(self) -> Mapping[str, torch.nn.Module]:
@@ -108,14 +110,43 @@ class ClipModel:
     @property
     def nbytes(self) -> int:
         """Bytes this handle keeps alive: its encoders' weights when it holds modules, 0 with manager references."""
-        return sum(held_bytes(s) for s in self.encoder_sources.values())
+        from ..lora.applied import patches_nbytes
+        return sum(held_bytes(s) for s in self.encoder_sources.values()) + patches_nbytes(self.weight_patches)
 
-    def clone(self, layer_idx: Any = _KEEP, text_encoders: Any = None) -> ClipModel:
-        """A copy sharing the modules; `layer_idx` sets the clip-skip layer (-1 last, -2 penultimate, …) and
-        `text_encoders` (same shapes as the constructor's) swaps in other modules, e.g. LoRA-patched copies."""
+    def clone(self, layer_idx: Any = _KEEP, text_encoders: Any = None, weight_patches: Any = _KEEP) -> ClipModel:
+        """A copy sharing the modules; `layer_idx` sets the clip-skip layer (-1 last, -2 penultimate, …),
+        `text_encoders` (same shapes as the constructor's) swaps in other modules and `weight_patches` replaces
+        the LoRA patches applied while encoding."""
         return ClipModel(self.encoder_sources if text_encoders is None else text_encoders, self.tokenizers,
                          self.family, self.embedding_dirs, self.manager,
-                         self.layer_idx if layer_idx is _KEEP else layer_idx)
+                         self.layer_idx if layer_idx is _KEEP else layer_idx,
+                         self.weight_patches if weight_patches is _KEEP else weight_patches)
+
+    def slot_of(self, role: EncoderRole) -> str:
+        """The LoRA slot of an encoder role: OpenCLIP-G is the second text encoder, the others the first."""
+        return "te2" if role.name == "g" else "te1"
+
+    def lora_targets(self) -> dict[str, torch.nn.Module]:
+        """LoRA slot -> live encoder module, for matching a LoRA file."""
+        return {self.slot_of(r): self.text_encoders[r.name] for r in self.roles}
+
+    @contextlib.contextmanager
+    def _patched(self) -> Iterator[None]:
+        """The encoders on the compute device with the weight patches applied, when there are any."""
+        if not self.weight_patches:
+            yield
+            return
+        from ..lora.applied import weights_patched
+
+        modules = self.lora_targets()
+        with contextlib.ExitStack() as stack:
+            if self.manager is not None:
+                placed = stack.enter_context(self.manager.use(*modules.values()))
+                placed = placed if isinstance(placed, (list, tuple)) else [placed]
+                modules = {slot: m if isinstance(m, torch.nn.Module) else modules[slot]
+                           for slot, m in zip(modules, placed)}
+            stack.enter_context(weights_patched(modules, self.weight_patches))
+            yield
 
     def layer_for(self, role: EncoderRole) -> int | None:
         return role.default_layer if self.layer_idx is None else self.layer_idx
@@ -135,10 +166,11 @@ class ClipModel:
         """(cond [1, 77*k, dim], pooled [1, P]) from `tokenize`'s output; many windows run in several encoder
         calls with progress(i, n) before each (it may raise to stop)."""
         outputs = {}
-        for role in self.roles:
-            outputs[role.name] = encode_windows(self.text_encoders[role.name], tokens[role.name],
-                                                self.specs[role.name], role, self.layer_for(role), self.manager,
-                                                progress)
+        with self._patched():
+            for role in self.roles:
+                outputs[role.name] = encode_windows(self.text_encoders[role.name], tokens[role.name],
+                                                    self.specs[role.name], role, self.layer_for(role),
+                                                    self.manager, progress)
         conds = [outputs[r.name][0] for r in self.roles]
         length = min(c.shape[1] for c in conds)
         cond = torch.cat([c[:, :length] for c in conds], dim=-1)
@@ -153,7 +185,7 @@ class ClipModel:
         return [[cond, {"pooled_output": pooled, **extras}]]
 
     def __repr__(self) -> str:
-        return f"ClipModel(family={self.family!r}, layer_idx={self.layer_idx!r})"
+        return f"ClipModel(family={self.family!r}, layer_idx={self.layer_idx!r}, loras={len(self.weight_patches)})"
 
 
 __all__ = ["ClipModel", "EncoderRole", "FAMILY_ROLES", "PromptChunk", "Tokens", "WeightedText", "parse_prompt",

@@ -1,15 +1,27 @@
-"""LoRA and LyCORIS files: reading, format detection, matching onto live diffusers/transformers modules, and
-patching weights in place for the duration of a call (see ``apply.patched_weights``)."""
+"""LoRA and LyCORIS files: reading, format detection, matching onto live diffusers/transformers modules, patching
+weights in place for the duration of a call (``apply.patched_weights``), the patches carried by the MODEL/CLIP
+handles (``applied``) and the LoRA nodes (``nodes``).
 
-from .apply import patched_weights
-from .deltas import diff_delta, lokr_delta, loha_delta, lora_delta
-from .files import LoraError, LoraFormat, LoraMismatchError, detect_format, load_lora_file
-from .keys import TE1, TE2, UNET, module_aliases
-from .match import LoraMatch, family_slots, load_lora, match_lora
-from .patch import LoraPatch
+Names are imported on first use, so registering the nodes does not import the model machinery (diffusers)."""
 
-__all__ = [
-    "TE1", "TE2", "UNET", "LoraError", "LoraFormat", "LoraMatch", "LoraMismatchError", "LoraPatch", "detect_format",
-    "diff_delta", "family_slots", "load_lora", "load_lora_file", "lokr_delta", "loha_delta", "lora_delta",
-    "match_lora", "module_aliases", "patched_weights",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "patched_weights": "apply", "AppliedLora": "applied", "weights_patched": "applied",
+    "diff_delta": "deltas", "lokr_delta": "deltas", "loha_delta": "deltas", "lora_delta": "deltas",
+    "LoraError": "files", "LoraFormat": "files", "LoraMismatchError": "files", "detect_format": "files",
+    "load_lora_file": "files", "TE1": "keys", "TE2": "keys", "UNET": "keys", "module_aliases": "keys",
+    "LoraMatch": "match", "family_slots": "match", "load_lora": "match", "match_lora": "match",
+    "LoraPatch": "patch",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

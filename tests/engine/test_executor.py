@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from graphengine import (CancelToken, EventHub, Executor, Float, Int, Node, NodeOutput, NodeRegistry, Output,
                          ResultCache, Socket, default_sizeof, validate_prompt)
 from graphengine.events import ExecutionError, Progress
+from graphengine.cache import ENTRY_OVERHEAD
 
 
 def graph(a=1, b=2, c=3):
@@ -221,15 +222,27 @@ class Measure(Node):
 def test_lru_keeps_other_workflows_while_there_is_room_and_evicts_by_budget(registry):
     registry.register_all([Blob, Measure])
     sizes = lambda outputs: sum(len(v) for slot in outputs for v in slot if isinstance(v, bytearray))  # noqa: E731
-    cache = ResultCache(max_bytes=1000, sizeof=sizes)
+    budget = 1000 + 4 * ENTRY_OVERHEAD  # two workflows of two entries each
+    cache = ResultCache(max_bytes=budget, sizeof=sizes)
     ex = Executor(registry, cache=cache)
     ex.execute(blob_prompt(1))
     ex.execute(blob_prompt(2))
     assert ex.execute(blob_prompt(1)).executed == []  # both fit: switching back reuses everything
     ex.execute(blob_prompt(3))  # 3 × 400 > 1000: the least recently used workflow (tag 2) loses its blob
-    assert cache.total_bytes <= 1000
+    assert cache.total_bytes <= budget
     assert ex.execute(blob_prompt(1, output="Measure")).executed == ["s"]  # blob 1 still cached
     assert ex.execute(blob_prompt(2, output="Measure")).executed == ["b", "s"]  # blob 2 was evicted
+
+
+def test_the_number_of_entries_is_bounded_too(registry):
+    registry.register(Blob)
+    cache = ResultCache(max_bytes=10**9, max_entries=4)
+    ex = Executor(registry, cache=cache)
+    for tag in range(5):
+        assert ex.execute(blob_prompt(tag, size=1)).ok
+    assert len(cache) == 4
+    assert ex.execute(blob_prompt(4, size=1)).executed == []  # the newest workflows stay
+    assert ex.execute(blob_prompt(1, size=1)).executed == ["b", "s"]  # the oldest were evicted
 
 
 def test_entries_of_the_running_prompt_are_never_evicted(registry):
@@ -256,7 +269,8 @@ def test_the_default_cache_measures_results_with_the_services_sizeof_and_fits_th
     registry.services = BlobServices()
     ex = Executor(registry)
     assert ex.execute(blob_prompt(1, size=7)).ok
-    assert ex.cache.total_bytes == 7000  # the blob as the services count it (the display node holds nothing)
+    # the blob as the services count it (the display node holds nothing), plus each entry's bookkeeping
+    assert ex.cache.total_bytes == 7000 + 2 * ENTRY_OVERHEAD
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < ex.cache.max_bytes <= min(8 * 1024**3, ram // 4)
     assert Executor(NodeRegistry()).cache.sizeof is default_sizeof

@@ -312,7 +312,8 @@ def test_server_interrupt_stops_a_huge_text_encode_and_the_next_prompt_runs(env,
 
     @async_test
     async def scenario():
-        async with serve(tmp_path, registry=env.registry) as srv:
+        # a server whose text limit was raised (--max-text-length): by default admission refuses this prompt
+        async with serve(tmp_path, registry=env.registry, limits={"max_text_length": 4_000_000}) as srv:
             ws = await srv.ws("huge")
             await receive_json(ws)
             reply = await srv.post_prompt(huge, client_id="huge")

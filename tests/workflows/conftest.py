@@ -34,6 +34,18 @@ def write_demo_named_checkpoints(models: Path) -> None:
     save_checkpoint(folder / INPAINT_CHECKPOINT, tiny_unet(in_channels=9, seed=3), vae, [text], "sd15_inpaint")
     # No SD1-layout depth family exists, so the 5-channel model is a self-describing custom file.
     save_checkpoint(folder / DEPTH_CHECKPOINT, tiny_unet(in_channels=5, seed=4), vae, [text], "custom")
+    write_demo_named_lora(models / "loras")
+
+
+def write_demo_named_lora(folder: Path) -> None:
+    """A random kohya-format LoRA for the tiny UNet and text encoder, under the demo LoRA's file name."""
+    from safetensors.torch import save_file
+
+    from tests.nodes_sd.test_lora_nodes import kohya_lora
+    from workflows.templates import DEMO_LORA
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(kohya_lora(5), str(folder / DEMO_LORA))
 
 
 @pytest.fixture(scope="session")

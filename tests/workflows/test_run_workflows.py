@@ -21,6 +21,7 @@ FAST_STEPS = 2
 EXPECTED_IMAGES = {
     "txt2img": (1, (64, 64)),
     "img2img": (1, (64, 64)),
+    "lora": (1, (64, 64)),
     "inpaint": (1, (64, 64)),
     "inpaint_model": (1, (64, 64)),
     "inpaint_model_conditioning": (1, (64, 64)),

@@ -1,0 +1,74 @@
+"""Weight patches as data on the MODEL/CLIP handles, and the one place they are applied to live modules.
+
+A handle carries an ordered tuple of `AppliedLora` (a matched file plus a strength). The shared, cached base module
+is never changed outside `weights_patched`: the patches are added when a run starts (sampling, text encoding) and
+the exact original bits are restored when it ends, so the base handle and every patched handle give their own
+results on the same warm cache, in any order."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .apply import patched_weights
+
+if TYPE_CHECKING:
+    from .match import LoraMatch
+
+# Set on a module instance while patches are applied to it: the signature of what is applied.
+ACTIVE_ATTR = "_graphengine_weight_patches"
+
+
+@dataclass(frozen=True, eq=False)
+class AppliedLora:
+    """One LoRA file, matched onto a model's modules, at one strength."""
+
+    match: LoraMatch
+    strength: float
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.untyped_storage().nbytes() for by_module in self.match.patches.values()
+                   for patch in by_module.values() for t in patch.tensors.values())
+
+
+WeightPatches = tuple[AppliedLora, ...]
+
+
+def patches_nbytes(patches: WeightPatches) -> int:
+    """Bytes the patches keep alive (files shared between handles are counted by each)."""
+    return sum(p.nbytes for p in {id(p.match): p for p in patches}.values())
+
+
+def _signature(patches: WeightPatches) -> tuple:
+    return tuple((id(p.match), p.strength) for p in patches)
+
+
+@contextlib.contextmanager
+def weights_patched(modules: Mapping[str, torch.nn.Module], patches: WeightPatches) -> Iterator[None]:
+    """Within the block the live `modules` (slot -> module: "unet", "te1", "te2") hold their weights plus the
+    patches; nested use with the same patches is free. A module already patched by another handle is an error
+    (it would give that handle's results)."""
+    signature = _signature(patches)
+    active = [getattr(m, ACTIVE_ATTR, None) for m in modules.values()]
+    if all(a == signature for a in active if a is not None) and any(a is not None for a in active):
+        yield  # an enclosing call (the sampler's whole run) applied these patches
+        return
+    if any(a is not None for a in active):
+        raise RuntimeError("a model is already patched by another MODEL/CLIP handle in this run")
+    if not patches:
+        yield
+        return
+    with patched_weights(modules, [(p.match.patches, p.strength) for p in patches]):
+        for module in modules.values():
+            setattr(module, ACTIVE_ATTR, signature)
+        try:
+            yield
+        finally:
+            for module in modules.values():
+                with contextlib.suppress(AttributeError):
+                    delattr(module, ACTIVE_ATTR)
