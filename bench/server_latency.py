@@ -128,11 +128,12 @@ async def measure_server(url: str, runs: int, queued: int) -> tuple[list[float],
     return latency, throughput
 
 
-def start_server(base: Path, port: int, packs: str = "tests.server.nodepack:register") -> subprocess.Popen:
+def start_server(base: Path, port: int, packs: str = "tests.server.nodepack:register",
+                 extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "GRAPHENGINE_NODE_PACKS": packs,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--base-dir", str(base),
-                             "--log-level", "WARNING"], env=env, cwd=base)
+                             "--log-level", "WARNING", *extra_args], env=env, cwd=base)
 
 
 async def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:

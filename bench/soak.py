@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=120.0, help="seconds to wait for the queue afterwards")
     parser.add_argument("--repeat", type=int, default=0, help="cycle through this many distinct prompts")
     parser.add_argument("--sd", action="store_true", help="mix in the bundled demo model's txt2img")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="passed to server.py (repeatable), e.g. --server-arg=--cache-lru=2000")
     args = parser.parse_args(argv)
     if args.clients < 3:
         parser.error("--clients must be at least 3")
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         packs = "bench.soak:register_mixed" if args.sd else "bench.soak:register_tiny"
-        process = start_server(base, port, packs)
+        process = start_server(base, port, packs, tuple(args.server_arg))
         try:
             asyncio.run(wait_ready(url, process, timeout=300))
             result = asyncio.run(soak(url, process.pid, args))

@@ -155,19 +155,28 @@ class UNetModel:
     preview_vae: VaeModel | None = None
     sdxl: SdxlConditioning | None = field(default=None)
     weight_patches: tuple = ()  # nodes.lora.AppliedLora, applied in order while the model runs
+    # Behaviour patches of the live module (FreeU, attention scaling, …): objects with `applied(unet)`, a context
+    # manager that changes this UNet instance for the block and undoes it after; applied in order, after the weights.
+    module_patches: tuple = ()
 
     def with_weight_patch(self, patch: Any) -> UNetModel:
         """A new handle with one more weight patch (the cached base module is not touched)."""
         return dataclasses.replace(self, weight_patches=(*self.weight_patches, patch))
 
+    def with_module_patch(self, patch: Any) -> UNetModel:
+        """A new handle with one more module patch (see `module_patches`)."""
+        return dataclasses.replace(self, module_patches=(*self.module_patches, patch))
+
     @contextlib.contextmanager
     def patched(self) -> Iterator[torch.nn.Module]:
-        """The live UNet on the compute device with this handle's weight patches applied for the block (the
-        sampler holds this for a whole run; nested network calls reuse it)."""
-        from .lora.applied import weights_patched
+        """The live UNet on the compute device with this handle's weight and module patches applied for the block
+        (the sampler holds this for a whole run; nested network calls reuse it)."""
+        from .lora.applied import module_patches_applied, weights_patched
 
-        with on_compute_device(self.manager, self.unet) as unet, weights_patched({"unet": unet},
-                                                                                 self.weight_patches):
+        with contextlib.ExitStack() as stack:
+            unet = stack.enter_context(on_compute_device(self.manager, self.unet))
+            stack.enter_context(weights_patched({"unet": unet}, self.weight_patches))
+            stack.enter_context(module_patches_applied(unet, self.module_patches))
             yield unet
 
     @classmethod

@@ -72,3 +72,28 @@ def weights_patched(modules: Mapping[str, torch.nn.Module], patches: WeightPatch
             for module in modules.values():
                 with contextlib.suppress(AttributeError):
                     delattr(module, ACTIVE_ATTR)
+
+
+MODULE_ATTR = "_graphengine_module_patches"
+
+
+@contextlib.contextmanager
+def module_patches_applied(module: torch.nn.Module, patches: tuple) -> Iterator[None]:
+    """Each patch's `applied(module)` context for the block, in order (undone in reverse); nested use with the same
+    patches is free, a module already carrying other module patches is an error."""
+    signature = tuple(id(p) for p in patches)
+    active = getattr(module, MODULE_ATTR, None)
+    if active is not None:
+        if active != signature:
+            raise RuntimeError("a model is already patched by another MODEL handle in this run")
+        yield
+        return
+    if not patches:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        setattr(module, MODULE_ATTR, signature)
+        stack.callback(lambda: delattr(module, MODULE_ATTR))
+        for patch in patches:
+            stack.enter_context(patch.applied(module))
+        yield
