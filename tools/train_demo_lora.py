@@ -249,7 +249,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="the base model file")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "demo-lora")
     parser.add_argument("--name", default=DEFAULT_NAME, help="file name (without .safetensors) of the LoRA")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--concept-fraction", type=float, default=0.5, help="share of corner scenes per batch")
     parser.add_argument("--rank", type=int, default=8)
