@@ -8,7 +8,8 @@ from graphengine import NodeRegistry, RuntimeConfig
 
 from .services import Services
 
-NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes")
+NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
+                "sampling_patches")
 
 
 def node_classes() -> list[type]:
