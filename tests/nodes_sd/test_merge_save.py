@@ -15,7 +15,7 @@ from nodes.lora.merge import AppliedMerge
 from nodes.models.ldm_layout import unet_original_names
 from nodes.models.single_file import load_text_encoder, load_unet, load_vae, save_checkpoint
 
-from .test_lora_nodes import LORA, lora_node, loras  # noqa: F401 - the loras fixture
+from .test_lora_nodes import lora_node, loras  # noqa: F401 - the loras fixture
 from .test_pipeline import capture, empty_latent, ksampler
 from .tiny import tiny_text_encoder, tiny_unet, tiny_vae
 
@@ -301,3 +301,20 @@ def test_a_prefix_outside_the_output_folder_is_refused(env):
     assert result.status == "error" and result.error["node_type"] == "VAESave"
     assert "outside the output folder" in result.error["exception_message"]
     assert not (env.base / "escaped").exists()
+
+
+def test_a_custom_family_checkpoint_saves_with_its_configs_and_not_as_a_lone_model(env):
+    nodes = {"d": node("CheckpointLoaderSimple", ckpt_name="tiny_depth.safetensors"),
+             "save": node("CheckpointSave", model=["d", 0], clip=["d", 1], vae=["d", 2],
+                          filename_prefix="checkpoints/custom_copy"),
+             "got": capture(["d", 0])}
+    got = run(Executor(env.registry), nodes)
+    [file] = saved(env, "checkpoints", "custom_copy")
+    reloaded = load_unet(file).unet
+    assert reloaded.config.in_channels == 5
+    expected = weights(got["got"])
+    assert all(torch.equal(v, expected[k]) for k, v in reloaded.state_dict().items())
+    alone = Executor(env.registry).execute({"d": nodes["d"], "save": node(
+        "ModelSave", model=["d", 0], filename_prefix="diffusion_models/custom_alone")})
+    assert alone.status == "error" and "CheckpointSave" in alone.error["exception_message"]
+    assert not saved(env, "diffusion_models", "custom_alone")
