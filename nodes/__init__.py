@@ -9,7 +9,7 @@ from graphengine import NodeRegistry, RuntimeConfig
 from .services import Services
 
 NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
-                "sampling_patches")
+                "sampling_patches", "model_merging", "model_saving")
 
 
 def node_classes() -> list[type]:

@@ -154,7 +154,7 @@ class UNetModel:
     manager: Any = None
     preview_vae: VaeModel | None = None
     sdxl: SdxlConditioning | None = field(default=None)
-    weight_patches: tuple = ()  # nodes.lora.AppliedLora, applied in order while the model runs
+    weight_patches: tuple = ()  # nodes.lora AppliedLora / AppliedMerge, applied in order while the model runs
     # Behaviour patches of the live module (FreeU, attention scaling, …): objects with `applied(unet)`, a context
     # manager that changes this UNet instance for the block and undoes it after; applied in order, after the weights.
     module_patches: tuple = ()

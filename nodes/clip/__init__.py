@@ -100,7 +100,7 @@ class ClipModel:
         self.manager = manager
         self.layer_idx = layer_idx  # CLIPSetLastLayer override; None = each encoder's family default
         self.specs = {r.name: _tokenizer_spec(self.tokenizers[r.name], r) for r in self.roles}
-        self.weight_patches = tuple(weight_patches)  # nodes.lora.AppliedLora, applied while encoding
+        self.weight_patches = tuple(weight_patches)  # AppliedLora / AppliedMerge, applied while encoding
 
     @property
     def text_encoders(self) -> Mapping[str, torch.nn.Module]:
@@ -131,14 +131,15 @@ class ClipModel:
         return {self.slot_of(r): self.text_encoders[r.name] for r in self.roles}
 
     @contextlib.contextmanager
-    def _patched(self) -> Iterator[None]:
-        """The encoders on the compute device with the weight patches applied, when there are any."""
+    def patched(self) -> Iterator[dict[str, torch.nn.Module]]:
+        """LoRA slot -> live encoder, with the weight patches applied for the block (and then on the compute
+        device; without patches the encoders stay where they are)."""
+        modules = self.lora_targets()
         if not self.weight_patches:
-            yield
+            yield modules
             return
         from ..lora.applied import weights_patched
 
-        modules = self.lora_targets()
         with contextlib.ExitStack() as stack:
             if self.manager is not None:
                 placed = stack.enter_context(self.manager.use(*modules.values()))
@@ -146,7 +147,7 @@ class ClipModel:
                 modules = {slot: m if isinstance(m, torch.nn.Module) else modules[slot]
                            for slot, m in zip(modules, placed)}
             stack.enter_context(weights_patched(modules, self.weight_patches))
-            yield
+            yield modules
 
     def layer_for(self, role: EncoderRole) -> int | None:
         return role.default_layer if self.layer_idx is None else self.layer_idx
@@ -166,7 +167,7 @@ class ClipModel:
         """(cond [1, 77*k, dim], pooled [1, P]) from `tokenize`'s output; many windows run in several encoder
         calls with progress(i, n) before each (it may raise to stop)."""
         outputs = {}
-        with self._patched():
+        with self.patched():
             for role in self.roles:
                 outputs[role.name] = encode_windows(self.text_encoders[role.name], tokens[role.name],
                                                     self.specs[role.name], role, self.layer_for(role),
