@@ -8,7 +8,8 @@ from graphengine import NodeRegistry, RuntimeConfig
 
 from .services import Services
 
-NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes")
+NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
+                "model_patches.freeu", "model_patches.attention", "model_patches.downscale")
 
 
 def node_classes() -> list[type]:
