@@ -9,7 +9,7 @@ from graphengine import NodeRegistry, RuntimeConfig
 from .services import Services
 
 NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
-                "model_patches.freeu", "model_patches.attention", "model_patches.downscale")
+                "model_patches.freeu", "model_patches.attention", "model_patches.downscale", "model_patches.hypertile")
 
 
 def node_classes() -> list[type]:

@@ -111,7 +111,8 @@ class DeepShrinkPatch:
             for j in range(1, len(up.resnets)):
                 hooks.map_output(producers[j - 1], lambda h, j=j: self.fitted(h, run.block_skips[j]))
 
-    def _enter_up_block(self, run: _Run, block: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _enter_up_block(self, run: _Run, block: torch.nn.Module, args: tuple,
+                        kwargs: dict) -> tuple[tuple, dict] | None:
         skips = kwargs.get("res_hidden_states_tuple")
         if not skips or "hidden_states" not in kwargs:
             return None

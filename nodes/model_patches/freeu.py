@@ -63,7 +63,8 @@ class FreeUPatch:
     def joined(self, width: int, b: float, s: float, x: torch.Tensor) -> torch.Tensor:
         """The patched `cat([h, skip])` for a resnet whose h has `width` channels."""
         h, skip = x[:, :width], x[:, width:]
-        return torch.cat([scaled_backbone(h, b, self.version), fourier_filter(skip.contiguous(), FILTER_THRESHOLD, s)], dim=1)
+        filtered = fourier_filter(skip.contiguous(), FILTER_THRESHOLD, s)
+        return torch.cat([scaled_backbone(h, b, self.version), filtered], dim=1)
 
     @contextlib.contextmanager
     def applied(self, unet: torch.nn.Module) -> Iterator[None]:

@@ -15,6 +15,7 @@ from nodes.lora.applied import MODULE_ATTR, module_patches_applied
 from nodes.model_patches.attention import CLIP_PROJECTIONS, UNET_PROJECTIONS, projection_scale
 from nodes.model_patches.downscale import DeepShrinkPatch
 from nodes.model_patches.freeu import FreeUPatch, scaled_backbone
+from nodes.model_patches.hypertile import HyperTilePatch
 from nodes.samplers.model_sampling import ModelSamplingDiscrete
 
 from .tiny import CONTEXT_DIM, tiny_text_encoder, tiny_unet
@@ -251,12 +252,52 @@ def test_deep_shrink_runs_at_every_block_and_odd_size(after_skip):
         assert (block >= 8) == torch.equal(out, base)  # this UNet has input blocks 0..7 only
 
 
+# -- HyperTile -------------------------------------------------------------------------------------------------------
+
+def test_hypertile_runs_top_level_self_attention_tile_by_tile():
+    unet = tiny_unet()
+    x, context = inputs(16)
+    attn = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1  # 16x16 = 256 tokens
+    seen = {}
+    raw = attn.register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))
+    # tile 64 px -> 8 latent pixels: the smallest divisor of 16 that is >= 8 is 8, so 2 x 2 tiles of 8 x 8
+    with HyperTilePatch(tile_size=64, swap_size=1, max_depth=0, scale_depth=False).applied(unet):
+        late = attn.register_forward_hook(lambda m, a, out: seen.update(y=out))
+        patched = run(unet, x, context)
+        late.remove()
+    raw.remove()
+    grid = seen["x"].reshape(2, 16, 16, -1)
+    expected = torch.empty_like(grid)
+    with torch.no_grad():
+        for top in (0, 8):
+            for left in (0, 8):
+                tile = grid[:, top:top + 8, left:left + 8].reshape(2, 64, -1)
+                expected[:, top:top + 8, left:left + 8] = attn(tile).reshape(2, 8, 8, -1)
+    torch.testing.assert_close(seen["y"], expected.reshape(2, 256, -1), atol=1e-5, rtol=1e-5)
+    assert (patched - run(unet, x, context)).abs().max() > 1e-4
+    with HyperTilePatch(tile_size=256, swap_size=1, max_depth=0, scale_depth=False).applied(unet):
+        assert torch.equal(run(unet, x, context), run(unet, x, context))  # 32 latent px: one tile, left whole
+
+
+def test_hypertile_random_tiles_repeat_per_run_and_fit_any_aspect():
+    unet = tiny_unet()
+    g = torch.Generator().manual_seed(3)
+    x, context = torch.randn(2, 4, 16, 24, generator=g), inputs()[1]
+    patch = HyperTilePatch(tile_size=32, swap_size=3, max_depth=2, scale_depth=True)
+    with patch.applied(unet):
+        first = run(unet, x, context)
+    with patch.applied(unet):
+        assert torch.equal(run(unet, x, context), first)
+    assert torch.isfinite(first).all() and (first - run(unet, x, context)).abs().max() > 1e-4
+
+
 # -- the instance is left as it was ------------------------------------------------------------------------------
 
 def every_patch() -> list:
     return [FreeUPatch(1.1, 1.2, 0.9, 0.2, 1), FreeUPatch(1.3, 1.4, 0.9, 0.2, 2),
             projection_scale("attn1.", UNET_PROJECTIONS, 1.2, 0.8, 1.1, 0.9),
-            projection_scale("attn2.", UNET_PROJECTIONS, 1.2, 0.8, 1.1, 0.9), shrink(2, 2.0)]
+            projection_scale("attn2.", UNET_PROJECTIONS, 1.2, 0.8, 1.1, 0.9), shrink(2, 2.0),
+            HyperTilePatch(64, 2, 1, True)]
 
 
 def test_patches_leave_the_instance_exactly_as_it_was_also_after_an_error():

@@ -1,6 +1,6 @@
-"""FreeU, FreeU_V2, the attention multiply nodes and PatchModelAddDownscale through the real executor: ComfyUI's
-inputs in /object_info, identity settings give the base result, other settings change it, and the cached base
-model on a warm executor gives its own result before and after patched runs (the live UNet keeps no hook)."""
+"""FreeU, FreeU_V2, the attention multiply nodes, PatchModelAddDownscale and HyperTile through the real executor:
+ComfyUI's inputs in /object_info, identity settings give the base result, other settings change it, and the cached
+base model on a warm executor gives its own result before and after patched runs (the live UNet keeps no hook)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,13 @@ def test_object_info_has_comfyuis_inputs(env):
         "downscale_method": methods, "upscale_method": methods}
     assert shrink["display_name"] == "PatchModelAddDownscale (Kohya Deep Shrink)"
     assert shrink["output"] == ["MODEL"] and shrink["category"] == "model_patches/unet"
+    tile = info["HyperTile"]
+    assert tile["input"]["required"] == {
+        "model": ["MODEL"], "tile_size": ["INT", {"default": 256, "min": 1, "max": 2048, "step": 1}],
+        "swap_size": ["INT", {"default": 2, "min": 1, "max": 128, "step": 1}],
+        "max_depth": ["INT", {"default": 0, "min": 0, "max": 10, "step": 1}],
+        "scale_depth": ["BOOLEAN", {"default": False}]}
+    assert tile["output"] == ["MODEL"] and tile["category"] == "model_patches/unet"
 
 
 def test_identity_settings_give_the_base_result(env, base):
@@ -109,6 +116,7 @@ PATCHED = {
     "shrink": shrink_node(),
     "shrink_before_skip": shrink_node(downscale_after_skip=False, downscale_method="bislerp",
                                       upscale_method="nearest-exact"),
+    "HyperTile": patch_node("HyperTile", tile_size=64, swap_size=2, max_depth=1, scale_depth=False),
 }
 
 
