@@ -1,7 +1,8 @@
 """HyperTile (ComfyUI's node) as a module patch on the MODEL handle.
 
-Self-attention (attn1) at the top `max_depth + 1` resolutions runs on tiles of the token grid: the input tokens
-[B, h·w, C] are split into nh × nw groups (batched as B·nh·nw sequences) and the output is put back in place. The
+Self-attention (attn1) at the top `max_depth + 1` resolutions runs tile by tile: the query tokens [B, h·w, C] are
+split into nh × nw tiles (batched as B·nh·nw sequences), each attending to the matching contiguous run of h·w/(nh·nw)
+tokens as keys and values (what ComfyUI's patch amounts to), and the output is put back in place. The
 tile counts are `dim // d` for one of the `swap_size` smallest divisors d >= the latent tile size (tile_size / 8,
 at least 4; × 2^depth with `scale_depth`), picked at random as ComfyUI does, but from a generator seeded afresh for
 each patched run so that the same graph gives the same result. As in ComfyUI, h and w are sqrt(tokens × W/H) and
@@ -84,15 +85,20 @@ class HyperTilePatch:
             latent_hw[0] = (int(sample.shape[-2]), int(sample.shape[-1]))
 
         def tile(module, args, kwargs):
-            x = kwargs.get("hidden_states", args[0] if args else None)
-            grid = self.grid(int(x.shape[1]), latent_hw[0], rng) if x is not None and x.ndim == 3 else None
+            positional = "hidden_states" not in kwargs
+            x = args[0] if positional and len(args) == 1 else kwargs.get("hidden_states")
+            if x is None or x.ndim != 3 or kwargs.get("encoder_hidden_states") is not None:
+                return None
+            grid = self.grid(int(x.shape[1]), latent_hw[0], rng)
             if grid is None:
                 return None
             pending[id(module)] = grid
             tiled = to_tiles(x, *grid)
-            if "hidden_states" in kwargs:
-                return args, {**kwargs, "hidden_states": tiled}
-            return (tiled, *args[1:]), kwargs
+            # ComfyUI tiles only the queries; its attention then views the untiled keys/values with the tiled
+            # batch size, so tile i attends to the i-th contiguous run of tokens. Passing that run as the context
+            # gives the same attention.
+            runs = x.reshape(tiled.shape[0], -1, x.shape[-1])
+            return () if positional else args, {**kwargs, "hidden_states": tiled, "encoder_hidden_states": runs}
 
         def untile(module, _args, output):
             grid = pending.pop(id(module), None)

@@ -254,7 +254,7 @@ def test_deep_shrink_runs_at_every_block_and_odd_size(after_skip):
 
 # -- HyperTile -------------------------------------------------------------------------------------------------------
 
-def test_hypertile_runs_top_level_self_attention_tile_by_tile():
+def test_hypertile_runs_top_level_self_attention_query_tile_by_query_tile():
     unet = tiny_unet()
     x, context = inputs(16)
     attn = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1  # 16x16 = 256 tokens
@@ -267,12 +267,13 @@ def test_hypertile_runs_top_level_self_attention_tile_by_tile():
         late.remove()
     raw.remove()
     grid = seen["x"].reshape(2, 16, 16, -1)
+    runs = seen["x"].reshape(2, 4, 64, -1)  # keys and values of tile i: the i-th run of 64 tokens (ComfyUI's view)
     expected = torch.empty_like(grid)
     with torch.no_grad():
-        for top in (0, 8):
-            for left in (0, 8):
-                tile = grid[:, top:top + 8, left:left + 8].reshape(2, 64, -1)
-                expected[:, top:top + 8, left:left + 8] = attn(tile).reshape(2, 8, 8, -1)
+        for i, (top, left) in enumerate([(0, 0), (0, 8), (8, 0), (8, 8)]):
+            tile = grid[:, top:top + 8, left:left + 8].reshape(2, 64, -1)
+            out = attn(tile, encoder_hidden_states=runs[:, i])
+            expected[:, top:top + 8, left:left + 8] = out.reshape(2, 8, 8, -1)
     torch.testing.assert_close(seen["y"], expected.reshape(2, 256, -1), atol=1e-5, rtol=1e-5)
     assert (patched - run(unet, x, context)).abs().max() > 1e-4
     with HyperTilePatch(tile_size=256, swap_size=1, max_depth=0, scale_depth=False).applied(unet):
