@@ -175,8 +175,11 @@ class UNetModel:
         return dataclasses.replace(self, guidance=(*self.guidance, hook))
 
     def with_model_sampling(self, model_sampling: Any) -> UNetModel:
-        """A new handle that samples with another sigma parameterisation (ModelSamplingDiscrete & co)."""
-        return dataclasses.replace(self, model_sampling=model_sampling)
+        """A new handle that samples with another sigma parameterisation (ModelSamplingDiscrete & co); module
+        patches that read sigmas from the UNet's timestep (`with_model_sampling`) follow the new one."""
+        patches = tuple(p.with_model_sampling(model_sampling) if hasattr(p, "with_model_sampling") else p
+                        for p in self.module_patches)
+        return dataclasses.replace(self, model_sampling=model_sampling, module_patches=patches)
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[torch.nn.Module]:

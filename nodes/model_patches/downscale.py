@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -56,6 +57,11 @@ class DeepShrinkPatch:
     downscale_method: str
     upscale_method: str
     model_sampling: Any  # maps the UNet's timestep argument back to a sigma
+
+    def with_model_sampling(self, model_sampling: Any) -> DeepShrinkPatch:
+        """The same patch reading timesteps through a later ModelSampling* node's parameterisation (the sigma
+        window stays the one set when the node ran, as in ComfyUI)."""
+        return dataclasses.replace(self, model_sampling=model_sampling)
 
     def shrinks_at(self, timestep: Any) -> bool:
         if timestep is None:

@@ -16,6 +16,7 @@ from nodes.model_patches.attention import CLIP_PROJECTIONS, UNET_PROJECTIONS, pr
 from nodes.model_patches.downscale import DeepShrinkPatch
 from nodes.model_patches.freeu import FreeUPatch, scaled_backbone
 from nodes.model_patches.hypertile import HyperTilePatch
+from nodes.handles import UNetModel
 from nodes.samplers.model_sampling import ModelSamplingDiscrete
 
 from .tiny import CONTEXT_DIM, tiny_text_encoder, tiny_unet
@@ -237,6 +238,21 @@ def test_deep_shrink_acts_only_inside_its_sigma_range():
         early, late = run(unet, x, context, inside), run(unet, x, context, outside)
     assert torch.equal(late, run(unet, x, context, outside))
     assert (early - run(unet, x, context, inside)).abs().max() > 1e-3
+
+
+def test_deep_shrink_reads_timesteps_through_a_later_model_sampling_node():
+    patch = shrink(2, 2.0, start=0.0, end=0.35)
+    handle = UNetModel(tiny_unet(), patch.model_sampling, 0.18215, 4, module_patches=(patch,))
+    zsnr = ModelSamplingDiscrete(zsnr=True)
+    rebound = handle.with_model_sampling(zsnr).module_patches[0]
+    assert handle.module_patches[0] is patch and rebound.model_sampling is zsnr
+    assert (rebound.sigma_start, rebound.sigma_end) == (patch.sigma_start, patch.sigma_end)  # set at node time
+    # A sigma just inside the window reaches the UNet as the zsnr table's timestep; read back through the original
+    # table it would look outside the window.
+    sigma = torch.tensor(patch.sigma_end * 1.04)
+    timestep = zsnr.timestep(sigma)
+    assert float(patch.model_sampling.sigma(timestep)) < patch.sigma_end
+    assert rebound.shrinks_at(timestep) and not patch.shrinks_at(timestep)
 
 
 @pytest.mark.parametrize("after_skip", [True, False])
