@@ -8,7 +8,9 @@ from graphengine import NodeRegistry, RuntimeConfig
 
 from .services import Services
 
-NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes")
+NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
+                "sampling_patches", "model_merging", "model_saving", "model_patches.freeu", "model_patches.attention",
+                "model_patches.downscale", "model_patches.hypertile")
 
 
 def node_classes() -> list[type]:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .samplers.conds import repeat_to_batch
-from .samplers.model_sampling import ModelSamplingDiscrete
+from .samplers.model_sampling import ModelSampling, ModelSamplingDiscrete
 from .work import (UNET_CALL_PIXELS, VAE_CALL_PIXELS, Interrupt, Progress, cancel_checks, device_budget, map_rows,
                    row_chunks, rows_per_call, run_units)
 
@@ -146,7 +146,7 @@ class UNetModel:
     `preview_vae` when one is attached)."""
 
     unet_source: ModuleSource
-    model_sampling: ModelSamplingDiscrete
+    model_sampling: ModelSampling
     latent_scale_factor: float
     in_channels: int
     latent_space: str = "sd1"
@@ -154,10 +154,13 @@ class UNetModel:
     manager: Any = None
     preview_vae: VaeModel | None = None
     sdxl: SdxlConditioning | None = field(default=None)
-    weight_patches: tuple = ()  # nodes.lora.AppliedLora, applied in order while the model runs
+    weight_patches: tuple = ()  # nodes.lora AppliedLora / AppliedMerge, applied in order while the model runs
     # Behaviour patches of the live module (FreeU, attention scaling, …): objects with `applied(unet)`, a context
     # manager that changes this UNet instance for the block and undoes it after; applied in order, after the weights.
     module_patches: tuple = ()
+    # Guidance hooks (nodes.samplers.guidance): pre-cfg / cfg / post-cfg / denoise-mask functions of a sampling run,
+    # read by the sampler (`ksample`) and applied where cfg combines cond and uncond (`conds.guided_x0`).
+    guidance: tuple = ()
 
     def with_weight_patch(self, patch: Any) -> UNetModel:
         """A new handle with one more weight patch (the cached base module is not touched)."""
@@ -166,6 +169,17 @@ class UNetModel:
     def with_module_patch(self, patch: Any) -> UNetModel:
         """A new handle with one more module patch (see `module_patches`)."""
         return dataclasses.replace(self, module_patches=(*self.module_patches, patch))
+
+    def with_guidance(self, hook: Any) -> UNetModel:
+        """A new handle with one more guidance hook (see `guidance`)."""
+        return dataclasses.replace(self, guidance=(*self.guidance, hook))
+
+    def with_model_sampling(self, model_sampling: Any) -> UNetModel:
+        """A new handle that samples with another sigma parameterisation (ModelSamplingDiscrete & co); module
+        patches that read sigmas from the UNet's timestep (`with_model_sampling`) follow the new one."""
+        patches = tuple(p.with_model_sampling(model_sampling) if hasattr(p, "with_model_sampling") else p
+                        for p in self.module_patches)
+        return dataclasses.replace(self, model_sampling=model_sampling, module_patches=patches)
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[torch.nn.Module]:

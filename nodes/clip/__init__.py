@@ -89,7 +89,8 @@ class ClipModel:
     """What flows through CLIP sockets. Cheap to clone; clones share the encoder modules."""
 
     def __init__(self, text_encoders, tokenizers, family: str, embedding_dirs: Sequence[str | os.PathLike] = (),
-                 manager: Any = None, layer_idx: int | None = None, weight_patches: tuple = ()) -> None:
+                 manager: Any = None, layer_idx: int | None = None, weight_patches: tuple = (),
+                 module_patches: tuple = ()) -> None:
         if family not in FAMILY_ROLES:
             raise ValueError(f"unknown CLIP family {family!r}; expected one of {sorted(FAMILY_ROLES)}")
         self.family = family
@@ -100,7 +101,10 @@ class ClipModel:
         self.manager = manager
         self.layer_idx = layer_idx  # CLIPSetLastLayer override; None = each encoder's family default
         self.specs = {r.name: _tokenizer_spec(self.tokenizers[r.name], r) for r in self.roles}
-        self.weight_patches = tuple(weight_patches)  # nodes.lora.AppliedLora, applied while encoding
+        self.weight_patches = tuple(weight_patches)  # AppliedLora / AppliedMerge, applied while encoding
+        # Behaviour patches with `applied(encoder)` (see nodes.handles.UNetModel.module_patches), applied to every
+        # text encoder while encoding, after the weight patches.
+        self.module_patches = tuple(module_patches)
 
     @property
     def text_encoders(self) -> Mapping[str, torch.nn.Module]:
@@ -113,14 +117,20 @@ class ClipModel:
         from ..lora.applied import patches_nbytes
         return sum(held_bytes(s) for s in self.encoder_sources.values()) + patches_nbytes(self.weight_patches)
 
-    def clone(self, layer_idx: Any = _KEEP, text_encoders: Any = None, weight_patches: Any = _KEEP) -> ClipModel:
+    def clone(self, layer_idx: Any = _KEEP, text_encoders: Any = None, weight_patches: Any = _KEEP,
+              module_patches: Any = _KEEP) -> ClipModel:
         """A copy sharing the modules; `layer_idx` sets the clip-skip layer (-1 last, -2 penultimate, …),
-        `text_encoders` (same shapes as the constructor's) swaps in other modules and `weight_patches` replaces
-        the LoRA patches applied while encoding."""
+        `text_encoders` (same shapes as the constructor's) swaps in other modules, `weight_patches` replaces
+        the LoRA patches and `module_patches` the behaviour patches applied while encoding."""
         return ClipModel(self.encoder_sources if text_encoders is None else text_encoders, self.tokenizers,
                          self.family, self.embedding_dirs, self.manager,
                          self.layer_idx if layer_idx is _KEEP else layer_idx,
-                         self.weight_patches if weight_patches is _KEEP else weight_patches)
+                         self.weight_patches if weight_patches is _KEEP else weight_patches,
+                         self.module_patches if module_patches is _KEEP else module_patches)
+
+    def with_module_patch(self, patch: Any) -> ClipModel:
+        """A copy with one more module patch (see `module_patches`)."""
+        return self.clone(module_patches=(*self.module_patches, patch))
 
     def slot_of(self, role: EncoderRole) -> str:
         """The LoRA slot of an encoder role: OpenCLIP-G is the second text encoder, the others the first."""
@@ -131,14 +141,15 @@ class ClipModel:
         return {self.slot_of(r): self.text_encoders[r.name] for r in self.roles}
 
     @contextlib.contextmanager
-    def _patched(self) -> Iterator[None]:
-        """The encoders on the compute device with the weight patches applied, when there are any."""
-        if not self.weight_patches:
-            yield
-            return
-        from ..lora.applied import weights_patched
-
+    def patched(self) -> Iterator[dict[str, torch.nn.Module]]:
+        """LoRA slot -> live encoder, with the weight and module patches applied for the block (and then on the
+        compute device; without patches the encoders stay where they are)."""
         modules = self.lora_targets()
+        if not self.weight_patches and not self.module_patches:
+            yield modules
+            return
+        from ..lora.applied import module_patches_applied, weights_patched
+
         with contextlib.ExitStack() as stack:
             if self.manager is not None:
                 placed = stack.enter_context(self.manager.use(*modules.values()))
@@ -146,7 +157,9 @@ class ClipModel:
                 modules = {slot: m if isinstance(m, torch.nn.Module) else modules[slot]
                            for slot, m in zip(modules, placed)}
             stack.enter_context(weights_patched(modules, self.weight_patches))
-            yield
+            for module in modules.values():
+                stack.enter_context(module_patches_applied(module, self.module_patches))
+            yield modules
 
     def layer_for(self, role: EncoderRole) -> int | None:
         return role.default_layer if self.layer_idx is None else self.layer_idx
@@ -166,7 +179,7 @@ class ClipModel:
         """(cond [1, 77*k, dim], pooled [1, P]) from `tokenize`'s output; many windows run in several encoder
         calls with progress(i, n) before each (it may raise to stop)."""
         outputs = {}
-        with self._patched():
+        with self.patched():
             for role in self.roles:
                 outputs[role.name] = encode_windows(self.text_encoders[role.name], tokens[role.name],
                                                     self.specs[role.name], role, self.layer_for(role),
@@ -185,7 +198,8 @@ class ClipModel:
         return [[cond, {"pooled_output": pooled, **extras}]]
 
     def __repr__(self) -> str:
-        return f"ClipModel(family={self.family!r}, layer_idx={self.layer_idx!r}, loras={len(self.weight_patches)})"
+        return (f"ClipModel(family={self.family!r}, layer_idx={self.layer_idx!r}, loras={len(self.weight_patches)}, "
+                f"module_patches={len(self.module_patches)})")
 
 
 __all__ = ["ClipModel", "EncoderRole", "FAMILY_ROLES", "PromptChunk", "Tokens", "WeightedText", "parse_prompt",

@@ -1,6 +1,6 @@
 """LoRA and LyCORIS files: reading, format detection, matching onto live diffusers/transformers modules, patching
 weights in place for the duration of a call (``apply.patched_weights``), the patches carried by the MODEL/CLIP
-handles (``applied``) and the LoRA nodes (``nodes``).
+handles (``applied``; merges of two models: ``merge``), LoRA extraction (``extract``) and the LoRA nodes (``nodes``).
 
 Names are imported on first use, so registering the nodes does not import the model machinery (diffusers)."""
 
@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "patched_weights": "apply", "AppliedLora": "applied", "weights_patched": "applied",
+    "patched_weights": "apply", "AppliedLora": "applied", "weights_patched": "applied", "AppliedMerge": "merge",
     "diff_delta": "deltas", "lokr_delta": "deltas", "loha_delta": "deltas", "lora_delta": "deltas",
     "LoraError": "files", "LoraFormat": "files", "LoraMismatchError": "files", "detect_format": "files",
     "load_lora_file": "files", "TE1": "keys", "TE2": "keys", "UNET": "keys", "module_aliases": "keys",

@@ -1,6 +1,7 @@
 """Weight patches as data on the MODEL/CLIP handles, and the one place they are applied to live modules.
 
-A handle carries an ordered tuple of `AppliedLora` (a matched file plus a strength). The shared, cached base module
+A handle carries an ordered tuple of weight patches: `AppliedLora` (a matched file plus a strength) and
+`nodes.lora.merge.AppliedMerge` (another model's weights, combined with ratios). The shared, cached base module
 is never changed outside `weights_patched`: the patches are added when a run starts (sampling, text encoding) and
 the exact original bits are restored when it ends, so the base handle and every patched handle give their own
 results on the same warm cache, in any order."""
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .apply import patched_weights
+from .apply import LoraUpdates, patched_weights
 
 if TYPE_CHECKING:
     from .match import LoraMatch
@@ -35,17 +36,29 @@ class AppliedLora:
         return sum(t.untyped_storage().nbytes() for by_module in self.match.patches.values()
                    for patch in by_module.values() for t in patch.tensors.values())
 
+    @property
+    def signature(self) -> tuple:
+        return ("lora", id(self.match), self.strength)
 
-WeightPatches = tuple[AppliedLora, ...]
+    @property
+    def holds(self) -> object:
+        """What the patch keeps alive (shared by patches of the same file)."""
+        return self.match
+
+    def param_updates(self, modules, stack):
+        return LoraUpdates(self.match.patches, self.strength).param_updates(modules, stack)
+
+
+WeightPatches = tuple  # of AppliedLora / AppliedMerge
 
 
 def patches_nbytes(patches: WeightPatches) -> int:
     """Bytes the patches keep alive (files shared between handles are counted by each)."""
-    return sum(p.nbytes for p in {id(p.match): p for p in patches}.values())
+    return sum(p.nbytes for p in {id(p.holds): p for p in patches}.values())
 
 
 def _signature(patches: WeightPatches) -> tuple:
-    return tuple((id(p.match), p.strength) for p in patches)
+    return tuple(p.signature for p in patches)
 
 
 @contextlib.contextmanager
@@ -63,7 +76,7 @@ def weights_patched(modules: Mapping[str, torch.nn.Module], patches: WeightPatch
     if not patches:
         yield
         return
-    with patched_weights(modules, [(p.match.patches, p.strength) for p in patches]):
+    with patched_weights(modules, patches):
         for module in modules.values():
             setattr(module, ACTIVE_ATTR, signature)
         try:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import torch
 
 from nodes.models.errors import ModelFileError
-from nodes.models.ldm_layout import diffusers_unet_layers_per_block, hf_clip_keys, unet_to_original
+from nodes.models.ldm_layout import hf_clip_keys, unet_original_names
 
 UNET, TE1, TE2 = "unet", "te1", "te2"
 
@@ -87,11 +87,10 @@ def _unet_paths(unet: torch.nn.Module) -> dict[str, dict[str, str]]:
     params = [name for name, _ in unet.named_parameters()]
     paths = {module: {"diffusers": module} for module in _module_names(params)}
     try:
-        # values ride through the conversion: LDM key -> the diffusers key it came from
-        original = unet_to_original({k: k for k in params}, diffusers_unet_layers_per_block(params))
+        original = unet_original_names(params)
     except ModelFileError:
         return paths  # a UNet structure the LDM layout cannot express: diffusers names only
-    for ldm_key, diffusers_key in original.items():
+    for diffusers_key, ldm_key in original.items():
         paths[diffusers_key.rpartition(".")[0]]["ldm"] = ldm_key.rpartition(".")[0]
     return paths
 

@@ -18,7 +18,7 @@ open_clip text tower: q/k/v projections are one packed ``in_proj``; ``text_proje
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -163,5 +163,12 @@ def clip_to_open_clip(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def diffusers_unet_layers_per_block(sd: Mapping[str, torch.Tensor]) -> int:
+def unet_original_names(names: Iterable[str]) -> dict[str, str]:
+    """diffusers UNet parameter name -> its LDM name (ModelFileError for a structure the layout cannot express)."""
+    names = list(names)
+    original = unet_to_original({k: k for k in names}, diffusers_unet_layers_per_block(names))
+    return {diffusers: ldm for ldm, diffusers in original.items()}
+
+
+def diffusers_unet_layers_per_block(sd: Iterable[str]) -> int:
     return len({int(m.group(1)) for k in sd if (m := re.match(r"^down_blocks\.0\.resnets\.(\d+)\.", k))})

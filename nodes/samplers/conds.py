@@ -219,10 +219,12 @@ def guided_x0(
     *,
     force_uncond: bool = False,
     concat_for: Callable | None = None,
+    guidance: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """CFG x0 and the uncond x0 (None when the uncond pass is skipped at cfg == 1).
 
-    Uncond passes come first so that a shared network call has rows [uncond, cond].
+    Uncond passes come first so that a shared network call has rows [uncond, cond]. `guidance` (a
+    `guidance.RunGuidance`) replaces or extends the combination; without it the plain formula runs.
     """
     with_uncond = force_uncond or not math.isclose(cfg, 1.0)
     passes = []
@@ -230,6 +232,10 @@ def guided_x0(
         passes += make_passes(model, negative, 1, x, sigma, concat_for)
     passes += make_passes(model, positive, 0, x, sigma, concat_for)
     preds = weighted_predictions(model, passes, x, sigma, 2 if with_uncond else 1)
+    if guidance is not None:
+        uncond = preds[1] if with_uncond else torch.zeros_like(preds[0])
+        x0, uncond = guidance.combine(x, sigma, preds[0], uncond, cfg)
+        return x0, uncond if with_uncond else None
     if not with_uncond:
         return preds[0], None
     cond, uncond = preds

@@ -9,6 +9,7 @@ Sampler convention (k-diffusion style, shared with `stochastic.py`):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .conds import guided_x0, repeat_to_batch, resize_mask
+from .guidance import RunGuidance
 from .model_sampling import ModelSamplingDiscrete
 from .noise import SEED_LIMIT, prepare_noise
 from .schedules import advanced_trim, ksampler_sigmas
@@ -126,6 +128,8 @@ class GuidedDenoiser:
     inpaint: InpaintBlend | None = None
     latent_in: torch.Tensor | None = None
     denoise_mask: torch.Tensor | None = None
+    guidance: RunGuidance | None = None  # the model's guidance hooks, bound for this run
+    sigmas: torch.Tensor | None = None  # the run's sigmas (for a denoise-mask hook)
 
     @property
     def model_sampling(self) -> ModelSamplingDiscrete:
@@ -148,7 +152,11 @@ class GuidedDenoiser:
         if sigma.numel() == 1 and x.shape[0] != 1:
             sigma = sigma.expand(x.shape[0])
         ms = self.model.model_sampling
-        x_model = self.inpaint.model_input(ms, x, sigma) if self.inpaint is not None else x
+        inpaint = self.inpaint
+        if inpaint is not None and self.guidance is not None and self.guidance.denoise_mask is not None:
+            mask = self.guidance.denoise_mask(sigma, inpaint.mask, self.sigmas, ms)
+            inpaint = dataclasses.replace(inpaint, mask=mask)
+        x_model = inpaint.model_input(ms, x, sigma) if inpaint is not None else x
         x0, uncond = guided_x0(
             self.model,
             x_model,
@@ -158,9 +166,10 @@ class GuidedDenoiser:
             self.cfg,
             force_uncond=self.force_uncond or return_uncond,
             concat_for=self._concat_for(x.shape),
+            guidance=self.guidance,
         )
-        if self.inpaint is not None:
-            x0 = self.inpaint.prediction(x0)
+        if inpaint is not None:
+            x0 = inpaint.prediction(x0)
         if return_uncond:
             return x0, uncond
         return x0
@@ -259,6 +268,8 @@ def ksample(
         inpaint=inpaint,
         latent_in=latent_in,
         denoise_mask=denoise_mask,
+        guidance=RunGuidance.start(getattr(model, "guidance", ())),
+        sigmas=sigmas,
     )
     max_denoise = ms.is_max_denoise(float(sigmas[0]))
     x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise)

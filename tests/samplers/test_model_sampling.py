@@ -87,6 +87,6 @@ def test_linear_beta_schedule_differs_and_unknown_values_raise():
     linear = ModelSamplingDiscrete(beta_schedule="linear", linear_start=0.0001, linear_end=0.02)
     assert linear.sigmas.shape == (1000,) and float(linear.sigma_max) > 100
     with pytest.raises(ValueError):
-        ModelSamplingDiscrete(prediction="x0")
+        ModelSamplingDiscrete(prediction="flow")
     with pytest.raises(ValueError):
         ModelSamplingDiscrete(beta_schedule="cosine")
