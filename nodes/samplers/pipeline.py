@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .conds import guided_x0, repeat_to_batch, resize_mask
 from .guidance import RunGuidance
-from .model_sampling import ModelSamplingDiscrete
+from .model_sampling import ModelSampling
 from .noise import SEED_LIMIT, prepare_noise
 from .schedules import advanced_trim, ksampler_sigmas
 
@@ -29,7 +29,7 @@ class DiffusionModel(Protocol):
     """What `ksample` needs from a model.  An optional `device` attribute (default CPU) says where
     sampling runs; the initial noise is always drawn on the CPU (ComfyUI's cross-device seeds)."""
 
-    model_sampling: ModelSamplingDiscrete
+    model_sampling: ModelSampling
     latent_scale_factor: float
     in_channels: int
 
@@ -108,7 +108,7 @@ class InpaintBlend:
     latent_in: torch.Tensor
     noise: torch.Tensor  # unscaled noise used to re-noise the original
 
-    def model_input(self, ms: ModelSamplingDiscrete, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def model_input(self, ms: ModelSampling, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = sigma.reshape(-1, 1, 1, 1)
         return x * self.mask + ms.noise_scaling(s, self.noise, self.latent_in) * (1 - self.mask)
 
@@ -132,7 +132,7 @@ class GuidedDenoiser:
     sigmas: torch.Tensor | None = None  # the run's sigmas (for a denoise-mask hook)
 
     @property
-    def model_sampling(self) -> ModelSamplingDiscrete:
+    def model_sampling(self) -> ModelSampling:
         return self.model.model_sampling
 
     def _concat_for(self, shape: torch.Size):
@@ -187,7 +187,7 @@ def step_callback_adapter(callback: StepCallback | None, total: int):
 
 
 def sampling_sigmas(
-    model_sampling: ModelSamplingDiscrete,
+    model_sampling: ModelSampling,
     scheduler: str,
     steps: int,
     sampler_name: str,
