@@ -193,6 +193,13 @@ class UNetModel:
             stack.enter_context(module_patches_applied(unet, self.module_patches))
             yield unet
 
+    @contextlib.contextmanager
+    def patched_with(self, patch: Any) -> Iterator[torch.nn.Module]:
+        """`patched()` plus one more module patch for the block only (a guidance hook's perturbed evaluation):
+        network calls inside see it, the handle and its own patches are unchanged."""
+        with self.patched() as unet, patch.applied(unet):
+            yield unet
+
     @classmethod
     def build(cls, unet: ModuleSource, *, prediction: str, latent_scale_factor: float, family: str,
               latent_space: str, manager: Any = None, preview_vae: VaeModel | None = None) -> UNetModel:

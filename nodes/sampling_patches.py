@@ -2,7 +2,9 @@
 
 ModelSamplingDiscrete / ModelSamplingContinuousEDM / ModelSamplingContinuousV swap the handle's sigma
 parameterisation (`nodes.samplers.model_sampling`); RescaleCFG, CFGZeroStar, APG and DifferentialDiffusion add a
-guidance hook (`nodes.samplers.guidance`) that the sampler applies where cfg combines cond and uncond."""
+guidance hook (`nodes.samplers.guidance`) that the sampler applies where cfg combines cond and uncond;
+PerturbedAttentionGuidance and SelfAttentionGuidance add post-cfg hooks that run the model again with the middle
+block's self-attention perturbed or observed (`nodes.samplers.attention_guidance`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Annotated, Any, ClassVar
 
 from graphengine import Boolean, Combo, Float, Node, Output
 
-from .samplers import guidance
+from .model_patches.mid_attention import IdentityMidSelfAttention, MidAttentionRecorder
+from .samplers import attention_guidance, guidance
 from .samplers import model_sampling as schedules  # its classes share names with the nodes below
 from .types import Model
 
@@ -150,5 +153,43 @@ class DifferentialDiffusion(Node):
                                                                                                  mask_for_step)),)
 
 
+class PerturbedAttentionGuidance(Node):
+    """Perturbed-Attention Guidance: steers away from the prediction with identity middle-block self-attention."""
+
+    CATEGORY = "model_patches/unet"
+    RETURNS = (Output("MODEL"),)
+
+    model: Model
+    scale: Annotated[float, Float(min=0.0, max=100.0, step=0.01, round=0.01)] = 3.0
+
+    def execute(self, ctx) -> tuple:
+        model = _model(self.model, "PerturbedAttentionGuidance")
+        if self.scale == 0:  # adds nothing: the same image as the model alone
+            return (model,)
+        hook = attention_guidance.PerturbedAttentionGuidance(float(self.scale), IdentityMidSelfAttention())
+        return (model.with_guidance(hook),)
+
+
+class SelfAttentionGuidance(Node):
+    """Self-Attention Guidance: steers away from the prediction for a copy blurred where the model attends most."""
+
+    DISPLAY_NAME = "Self-Attention Guidance"
+    CATEGORY = "_for_testing"
+    EXPERIMENTAL = True
+    RETURNS = (Output("MODEL"),)
+
+    model: Model
+    scale: Annotated[float, Float(min=-2.0, max=5.0, step=0.01)] = 0.5
+    blur_sigma: Annotated[float, Float(min=0.0, max=10.0, step=0.1)] = 2.0
+
+    def execute(self, ctx) -> tuple:
+        model = _model(self.model, "SelfAttentionGuidance")
+        if self.scale == 0:  # adds nothing, not even the uncond pass at cfg 1
+            return (model,)
+        hook = attention_guidance.SelfAttentionGuidance(float(self.scale), float(self.blur_sigma),
+                                                        MidAttentionRecorder)
+        return (model.with_guidance(hook),)
+
+
 NODE_CLASSES = [ModelSamplingDiscrete, ModelSamplingContinuousEDM, ModelSamplingContinuousV, RescaleCFG,
-                CFGZeroStar, APG, DifferentialDiffusion]
+                CFGZeroStar, APG, DifferentialDiffusion, PerturbedAttentionGuidance, SelfAttentionGuidance]

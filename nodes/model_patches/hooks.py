@@ -25,6 +25,10 @@ class HookSet:
         """fn(module, args, output) -> None or a replacement output."""
         self._handles.append(module.register_forward_hook(fn))
 
+    def after_call(self, module: torch.nn.Module, fn: Callable[[torch.nn.Module, tuple, dict, Any], Any]) -> None:
+        """fn(module, args, kwargs, output) -> None or a replacement output (sees the keyword arguments too)."""
+        self._handles.append(module.register_forward_hook(fn, with_kwargs=True))
+
     def map_input(self, module: torch.nn.Module, fn: InputMap) -> None:
         """Replace the module's hidden-state input (keyword `hidden_states`, else the first argument) by fn(x)."""
         self.before(module, lambda _m, args, kwargs: replaced_input(args, kwargs, fn))

@@ -7,7 +7,9 @@ CFG then combines the two averages in x0 space: x0_u + (x0_c - x0_u) * cfg.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -209,6 +211,29 @@ def make_passes(
     return passes
 
 
+@contextlib.contextmanager
+def patches_held(model, patches) -> Iterator[None]:
+    """Extra module patches held on the live model for the block (through the MODEL's `patched_with`)."""
+    if not patches:
+        yield
+        return
+    patched_with = getattr(model, "patched_with", None)
+    if patched_with is None:
+        raise TypeError(f"{type(model).__name__} cannot hold a module patch for one evaluation")
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patched_with(patch))
+        yield
+
+
+def conditioning_x0(model, conditioning: list, x: torch.Tensor, sigma: torch.Tensor, concat_for: Callable | None,
+                    patches: tuple = ()) -> torch.Tensor:
+    """The weighted x0 prediction of one CONDITIONING's active entries, with `patches` held while it runs."""
+    passes = make_passes(model, conditioning, 0, x, sigma, concat_for)
+    with patches_held(model, patches):
+        return weighted_predictions(model, passes, x, sigma, 1)[0]
+
+
 def guided_x0(
     model,
     x: torch.Tensor,
@@ -224,17 +249,29 @@ def guided_x0(
     """CFG x0 and the uncond x0 (None when the uncond pass is skipped at cfg == 1).
 
     Uncond passes come first so that a shared network call has rows [uncond, cond]. `guidance` (a
-    `guidance.RunGuidance`) replaces or extends the combination; without it the plain formula runs.
+    `guidance.RunGuidance`) replaces or extends the combination; without it the plain formula runs. Its hooks may
+    evaluate the model again (`CfgArgs.evaluate`); when it holds patches for the uncond, the uncond and the cond
+    run as separate network calls.
     """
-    with_uncond = force_uncond or not math.isclose(cfg, 1.0)
-    passes = []
-    if with_uncond:
-        passes += make_passes(model, negative, 1, x, sigma, concat_for)
-    passes += make_passes(model, positive, 0, x, sigma, concat_for)
-    preds = weighted_predictions(model, passes, x, sigma, 2 if with_uncond else 1)
+    needs_uncond = guidance is not None and guidance.needs_uncond
+    with_uncond = force_uncond or needs_uncond or not math.isclose(cfg, 1.0)
+    if needs_uncond:
+        uncond_x0 = conditioning_x0(model, negative, x, sigma, concat_for, tuple(guidance.uncond_patches))
+        preds = [conditioning_x0(model, positive, x, sigma, concat_for), uncond_x0]
+    else:
+        passes = []
+        if with_uncond:
+            passes += make_passes(model, negative, 1, x, sigma, concat_for)
+        passes += make_passes(model, positive, 0, x, sigma, concat_for)
+        preds = weighted_predictions(model, passes, x, sigma, 2 if with_uncond else 1)
     if guidance is not None:
+        def evaluate(x_eval: torch.Tensor, which: str, module_patch: Any = None) -> torch.Tensor:
+            patches = () if module_patch is None else (module_patch,)
+            return conditioning_x0(model, positive if which == "cond" else negative, x_eval, sigma, concat_for,
+                                   patches)
+
         uncond = preds[1] if with_uncond else torch.zeros_like(preds[0])
-        x0, uncond = guidance.combine(x, sigma, preds[0], uncond, cfg)
+        x0, uncond = guidance.combine(x, sigma, preds[0], uncond, cfg, evaluate)
         return x0, uncond if with_uncond else None
     if not with_uncond:
         return preds[0], None

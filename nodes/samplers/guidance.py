@@ -10,16 +10,30 @@ A hook is a small frozen object with a `stage` and `start()`, which returns the 
 * "denoise_mask": f(sigma, mask, sigmas, model_sampling) -> mask, the per-step inpaint mask (last one wins).
 
 When the uncond pass is skipped (cfg == 1), hooks see an all-zero uncond, as in ComfyUI.
+
+A hook that must run the model again (PAG, SAG) calls `args.evaluate(x, "cond" | "uncond", module_patch)`: the
+x0 of that conditioning at the current sigma, for another x and/or with one more module patch held on the live model
+for that evaluation only. `start()` may return a `StartedHook` instead of a bare function to also hold a module
+patch on the model while the uncond of every step is evaluated (SAG records an attention map there); such a hook
+makes the sampler evaluate the uncond even at cfg == 1 (ComfyUI's disable_cfg1_optimization).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import torch
 
 STAGES = ("pre_cfg", "cfg", "post_cfg", "denoise_mask")
+Which = Literal["cond", "uncond"]
+
+
+class Evaluate(Protocol):
+    def __call__(self, x: torch.Tensor, which: Which, module_patch: Any = None) -> torch.Tensor:
+        """The x0 prediction of the cond or uncond conditioning for `x` at the current sigma, with `module_patch`
+        (an object with `applied(unet)`) held on the live model for this evaluation only."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,15 @@ class CfgArgs:
     cond_denoised: torch.Tensor
     uncond_denoised: torch.Tensor
     denoised: torch.Tensor | None = None  # the combined x0 (post_cfg only)
+    evaluator: Evaluate | None = None  # runs the model again (None where the caller cannot)
+
+    def evaluate(self, x: torch.Tensor, which: Which, module_patch: Any = None) -> torch.Tensor:
+        """x0 of the cond or uncond conditioning for `x` at this sigma (see `Evaluate`)."""
+        if which not in ("cond", "uncond"):
+            raise ValueError(f"evaluate: which must be 'cond' or 'uncond', got {which!r}")
+        if self.evaluator is None:
+            raise RuntimeError("this guidance hook needs to run the model again, which this sampler cannot do")
+        return self.evaluator(x, which, module_patch)
 
     @property
     def cond(self) -> torch.Tensor:
@@ -62,6 +85,15 @@ class StatelessHook:
         return self.fn
 
 
+@dataclass(frozen=True)
+class StartedHook:
+    """What `start()` may return instead of a bare function: the function plus a module patch to hold on the model
+    while each step's uncond is evaluated."""
+
+    fn: Callable
+    uncond_patch: Any = None
+
+
 @dataclass
 class RunGuidance:
     """The hooks of one MODEL bound for one sampling run."""
@@ -70,6 +102,7 @@ class RunGuidance:
     cfg: Callable | None = None
     post_cfg: list[Callable] = dataclasses.field(default_factory=list)
     denoise_mask: Callable | None = None
+    uncond_patches: list[Any] = dataclasses.field(default_factory=list)  # held while the uncond is evaluated
 
     @classmethod
     def start(cls, hooks: tuple) -> RunGuidance | None:
@@ -81,16 +114,25 @@ class RunGuidance:
             if hook.stage not in STAGES:
                 raise ValueError(f"unknown guidance stage {hook.stage!r}")
             fn = hook.start()
+            if isinstance(fn, StartedHook):
+                if fn.uncond_patch is not None:
+                    run.uncond_patches.append(fn.uncond_patch)
+                fn = fn.fn
             if hook.stage in ("pre_cfg", "post_cfg"):
                 getattr(run, hook.stage).append(fn)
             else:
                 setattr(run, hook.stage, fn)
         return run
 
+    @property
+    def needs_uncond(self) -> bool:
+        """Whether the uncond must be evaluated even at cfg == 1."""
+        return bool(self.uncond_patches)
+
     def combine(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                cond_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                cond_scale: float, evaluator: Evaluate | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The guided x0 and the uncond x0 after the pre-cfg hooks."""
-        args = CfgArgs(x, sigma, cond_scale, cond, uncond)
+        args = CfgArgs(x, sigma, cond_scale, cond, uncond, evaluator=evaluator)
         for fn in self.pre_cfg:
             cond, uncond = fn(args)
             args = dataclasses.replace(args, cond_denoised=cond, uncond_denoised=uncond)
