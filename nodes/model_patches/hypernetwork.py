@@ -151,7 +151,8 @@ def load_hypernetwork(path: str | Path) -> dict[int, tuple[torch.nn.Module, torc
     content = read_hypernetwork_file(path)
     if not isinstance(content, Mapping):
         raise HypernetworkError(f"{path.name}: expected a dict, found {type(content).__name__}")
-    options = {k: content.get(k, default) for k, default in OPTION_DEFAULTS.items()}
+    # A1111 saves None for options that were not set (e.g. activation_func of old files): the defaults.
+    options = {k: default if content.get(k) is None else content[k] for k, default in OPTION_DEFAULTS.items()}
     if options["activation_func"] not in ACTIVATIONS:
         raise HypernetworkError(f"{path.name}: unsupported activation_func {options['activation_func']!r} "
                                 f"(supported: {', '.join(ACTIVATIONS)})")

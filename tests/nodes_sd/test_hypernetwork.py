@@ -121,6 +121,16 @@ def test_a_safetensors_file_with_the_same_tensors_gives_the_same_networks(tmp_pa
         assert torch.equal(pickled[64][i](x), safe[64][i](x))
 
 
+def test_an_old_file_without_activation_or_layer_norm_is_two_plain_linear_layers(tmp_path):
+    content = {**a1111_file(seed=5, activation="linear", layer_norm=False), "activation_func": None}
+    torch.save(content, tmp_path / "old.pt")
+    state = content[64][1]
+    x = torch.randn(3, 64)
+    expected = F.linear(F.linear(x, state["linear.0.weight"], state["linear.0.bias"]), state["linear.1.weight"],
+                        state["linear.1.bias"])
+    torch.testing.assert_close(load_hypernetwork(tmp_path / "old.pt")[64][1](x), expected)
+
+
 def test_the_patch_leaves_the_unet_as_it_was(tmp_path):
     torch.save(a1111_file(seed=4), tmp_path / "hn.pt")
     unet = tiny_unet()
