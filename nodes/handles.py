@@ -216,7 +216,8 @@ class UNetModel:
     @property
     def nbytes(self) -> int:
         from .lora.applied import patches_nbytes
-        return held_bytes(self.unet_source) + patches_nbytes(self.weight_patches)
+        return held_bytes(self.unet_source) + patches_nbytes(self.weight_patches) \
+            + sum(getattr(p, "nbytes", 0) for p in self.module_patches)  # e.g. a hypernetwork's layers
 
     @property
     def context_dim(self) -> int:

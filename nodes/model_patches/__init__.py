@@ -1,6 +1,7 @@
-"""Behaviour patches of the live diffusion / text-encoder modules (FreeU, attention scaling, Deep Shrink, HyperTile)
-and their ComfyUI nodes. A patch is data on the MODEL/CLIP handle with an `applied(module)` context manager that
-changes only that module instance (hooks on its submodules) for the block and removes every hook after."""
+"""Behaviour patches of the live diffusion / text-encoder modules (FreeU, attention scaling, Deep Shrink, HyperTile,
+ToMe, hypernetworks) and their ComfyUI nodes. A patch is data on the MODEL/CLIP handle with an `applied(module)`
+context manager that changes only that module instance (hooks on its submodules) for the block and removes every
+hook after."""
 
 from typing import Any
 

@@ -64,3 +64,53 @@ def hook_set() -> Iterator[HookSet]:
         yield hooks
     finally:
         hooks.remove()
+
+
+def attention_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The [B, N, C] hidden states an attention module is called with, when it is called with its own tokens only
+    (no context: self-attention not already redirected by another patch)."""
+    if kwargs.get("encoder_hidden_states") is not None or len(args) > 1:
+        return None
+    x = kwargs.get("hidden_states", args[0] if args else None)
+    return x if isinstance(x, torch.Tensor) and x.ndim == 3 else None
+
+
+def attention_call(args: tuple, kwargs: dict, queries: torch.Tensor, context: torch.Tensor) -> tuple[tuple, dict]:
+    """The (args, kwargs) of an attention call with `queries` as its hidden states and keys/values from `context`."""
+    return (), {**kwargs, "hidden_states": queries, "encoder_hidden_states": context}
+
+
+def around_self_attention(hooks: HookSet, unet: torch.nn.Module,
+                          enter: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, Any] | None],
+                          leave: Callable[[torch.Tensor, Any], torch.Tensor]) -> None:
+    """On every self-attention (attn1) of `unet`: `enter(x)` gives (queries, keys/values input, state) for the
+    call, or None to leave it as it is; `leave(output, state)` gives the output the block sees."""
+    pending: dict[int, Any] = {}
+
+    def before(module, args, kwargs):
+        x = attention_input(args, kwargs)
+        entered = None if x is None else enter(x)
+        if entered is None:
+            return None
+        queries, context, pending[id(module)] = entered
+        return attention_call(args, kwargs, queries, context)
+
+    def after(module, _args, output):
+        return leave(output, pending.pop(id(module))) if id(module) in pending else None
+
+    for name, module in unet.named_modules():
+        if name.endswith(".attn1"):
+            hooks.before(module, before)
+            hooks.after(module, after)
+
+
+def track_sample_size(hooks: HookSet, unet: torch.nn.Module) -> Callable[[], tuple[int, int]]:
+    """A function giving the (height, width) of the latent the UNet was last called with."""
+    size = [(0, 0)]
+
+    def start(_m, args, kwargs):
+        sample = kwargs.get("sample", args[0] if args else None)
+        size[0] = (int(sample.shape[-2]), int(sample.shape[-1]))
+
+    hooks.before(unet, start)
+    return lambda: size[0]

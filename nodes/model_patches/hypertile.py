@@ -23,7 +23,7 @@ from graphengine import Boolean, Int, Node, Output
 
 from ..types import Model
 from . import required
-from .hooks import hook_set
+from .hooks import around_self_attention, hook_set, track_sample_size
 
 MIN_TILE_PIXELS = 32
 LATENT_DOWNSCALE = 8
@@ -77,41 +77,22 @@ class HyperTilePatch:
     @contextlib.contextmanager
     def applied(self, unet: torch.nn.Module) -> Iterator[None]:
         rng = random.Random(TILE_SEED)
-        latent_hw: list[tuple[int, int]] = [(0, 0)]
-        pending: dict[int, tuple[int, int, int, int]] = {}
-
-        def start(_m, args, kwargs):
-            sample = kwargs.get("sample", args[0] if args else None)
-            latent_hw[0] = (int(sample.shape[-2]), int(sample.shape[-1]))
-
-        def tile(module, args, kwargs):
-            positional = "hidden_states" not in kwargs
-            x = args[0] if positional and len(args) == 1 else kwargs.get("hidden_states")
-            if x is None or x.ndim != 3 or kwargs.get("encoder_hidden_states") is not None:
-                return None
-            grid = self.grid(int(x.shape[1]), latent_hw[0], rng)
-            if grid is None:
-                return None
-            pending[id(module)] = grid
-            tiled = to_tiles(x, *grid)
-            # ComfyUI tiles only the queries; its attention then views the untiled keys/values with the tiled
-            # batch size, so tile i attends to the i-th contiguous run of tokens. Passing that run as the context
-            # gives the same attention.
-            runs = x.reshape(tiled.shape[0], -1, x.shape[-1])
-            return () if positional else args, {**kwargs, "hidden_states": tiled, "encoder_hidden_states": runs}
-
-        def untile(module, _args, output):
-            grid = pending.pop(id(module), None)
-            return None if grid is None else from_tiles(output, *grid)
 
         with hook_set() as hooks:
-            hooks.before(unet, start)
-            for name, module in unet.named_modules():
-                if name.endswith(".attn1"):
-                    hooks.before(module, tile)
-                    hooks.after(module, untile)
-            yield
+            sample_size = track_sample_size(hooks, unet)
 
+            def tiled(x: torch.Tensor):
+                grid = self.grid(int(x.shape[1]), sample_size(), rng)
+                if grid is None:
+                    return None
+                tiles = to_tiles(x, *grid)
+                # ComfyUI tiles only the queries; its attention then views the untiled keys/values with the tiled
+                # batch size, so tile i attends to the i-th contiguous run of tokens. Passing that run as the context
+                # gives the same attention.
+                return tiles, x.reshape(tiles.shape[0], -1, x.shape[-1]), grid
+
+            around_self_attention(hooks, unet, tiled, lambda output, grid: from_tiles(output, *grid))
+            yield
 
 class HyperTile(Node):
     """HyperTile: runs the UNet's high-resolution self-attention on tiles, which is faster on large images."""

@@ -27,6 +27,7 @@ DEFAULT_FOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "text_encoders": (("text_encoders", "clip"), MODEL_EXTENSIONS),
     "diffusion_models": (("unet", "diffusion_models"), MODEL_EXTENSIONS),
     "loras": (("loras",), MODEL_EXTENSIONS),
+    "hypernetworks": (("hypernetworks",), MODEL_EXTENSIONS),
     "controlnet": (("controlnet", "t2i_adapter"), MODEL_EXTENSIONS),
     "embeddings": (("embeddings",), MODEL_EXTENSIONS),
     "upscale_models": (("upscale_models",), MODEL_EXTENSIONS),

@@ -94,6 +94,14 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    return _flatten_pickled(read_pickled(path), path)
+
+
+def read_pickled(path: str | Path) -> object:
+    """The object in a ``torch.save`` file, unpickled weights-only (tensors and plain containers, nothing else).
+
+    Raises ``ModelFileError`` naming the file when it is refused, truncated or corrupt."""
+    path = Path(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -105,7 +113,7 @@ def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise ModelFileError(
             f"{path.name}: truncated or corrupt PyTorch weight file (expected a torch.save archive): {e}"
         ) from e
-    return _flatten_pickled(obj, path)
+    return obj
 
 
 def _flatten_pickled(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
