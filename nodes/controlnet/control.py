@@ -24,26 +24,16 @@ import torch
 
 from ..handles import LATENT_DOWNSCALE, held_bytes, live_module, module_device_dtype, on_compute_device
 from ..imageio import common_upscale
-from ..models.diffusers_folder import structure_from_config
-from ..models.detect import base_from_unet
 from ..samplers.conds import repeat_to_batch
+from .load import BASE_NAMES, base_of_config
 
 HINT_UPSCALE = "nearest-exact"
-BASE_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}
 # T2I-Adapters made for SD1.x also fit SD2.x UNets (same widths), as in ComfyUI.
 ADAPTER_BASES = {"sd1": ("sd1", "sd2"), "sdxl": ("sdxl",)}
 
 
-def _base(config: Any) -> str | None:
-    try:
-        return base_from_unet(structure_from_config(dict(config)))
-    except (KeyError, TypeError):
-        return None
-
-
-def _describe(base: str | None, config: Any) -> str:
-    family = BASE_NAMES.get(base, "an unknown family")
-    return f"{family}, widths {list(config.get('block_out_channels', ()))}"
+def _family(base: str | None) -> str:
+    return BASE_NAMES.get(base, "an unknown family")
 
 
 def _width(value: Any) -> int:
@@ -108,7 +98,7 @@ class ControlNetHandle:
     def base(self) -> str | None:
         if self.kind == "t2i_adapter":
             return "sdxl" if self.config["adapter_type"] == "full_adapter_xl" else "sd1"
-        return _base(self.config)
+        return base_of_config(self.config)
 
     @property
     def hint_channels(self) -> int:
@@ -128,7 +118,7 @@ class ControlNetHandle:
     def check_model(self, model: Any) -> None:
         """A clear error when this net was made for another model family (or structure) than `model`'s."""
         unet_config = model.unet_source.config
-        mine, theirs = self.base, _base(unet_config)
+        mine, theirs = self.base, base_of_config(unet_config)
         allowed = ADAPTER_BASES.get(mine, (mine,)) if self.kind == "t2i_adapter" else (mine,)
         widths = list(unet_config["block_out_channels"])
         fits = all(w == widths[min(i, len(widths) - 1)] for i, w in enumerate(self._feature_widths()))
@@ -137,9 +127,9 @@ class ControlNetHandle:
                 self.config.get(k) == unet_config.get(k) for k in ("layers_per_block", "addition_embed_type")) \
                 and _width(self.config["cross_attention_dim"]) == _width(unet_config["cross_attention_dim"])
         if (mine is not None and theirs is not None and theirs not in allowed) or not fits:
-            raise ValueError(f"{self.what} {self.name!r} is for {_describe(mine, self.config)} models, but the model "
-                             f"is {_describe(theirs, unet_config)} ({getattr(model, 'family', 'unknown')}): they "
-                             f"cannot be combined")
+            raise ValueError(f"{self.what} {self.name!r} is for {_family(mine)} models (widths "
+                             f"{self._feature_widths()}), but the model is {_family(theirs)} "
+                             f"({getattr(model, 'family', 'unknown')}, widths {widths}): they cannot be combined")
 
     def hint_size(self, height: int, width: int) -> tuple[int, int]:
         """Hint pixels for a latent of height x width: x 8, rounded up to the adapter's pixel-unshuffle factor."""

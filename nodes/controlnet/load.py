@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -31,10 +31,10 @@ from .layout import ControlLayout, adapter_from_diffusers, adapter_from_original
     hint_encoder_channels
 
 FAMILY_OF_BASE = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}
+BASE_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}
 _CONTROLNET_PARAMS = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
 _FOLDER_CLASSES = {"ControlNetModel": ControlNetModel, "T2IAdapter": T2IAdapter}
 
-UnetWeights = Callable[[set[str]], dict[str, torch.Tensor]]  # wanted LDM UNet keys -> those weights of the model
 
 
 def base_of_config(config: Mapping) -> str | None:
@@ -67,8 +67,25 @@ def _embedded_config(metadata: Mapping[str, str]) -> dict | None:
     return {k: v for k, v in config.items() if k in _CONTROLNET_PARAMS}
 
 
+class UnetWeights:
+    """A UNet's weights under their LDM names, as a diff ControlNet needs them (only the wanted keys are copied)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.unet = unet
+        self.base = base_of_config(unet.config)
+
+    def __call__(self, wanted: set[str]) -> dict[str, torch.Tensor]:
+        state = self.unet.state_dict()
+        names = unet_original_names(state)
+        return {names[k]: v.detach().to("cpu", torch.float32) for k, v in state.items() if names[k] in wanted}
+
+
 def with_model_weights(control: Mapping[str, torch.Tensor], unet_weights: UnetWeights) -> dict[str, torch.Tensor]:
     """A diff ControlNet made whole: every weight it shares with the UNet (same LDM key) plus the model's."""
+    mine = base_from_unet(unet_structure(control, encoder_only=True))
+    if None not in (mine, unet_weights.base) and mine != unet_weights.base:
+        raise ModelFileError(f"diff ControlNet for {BASE_NAMES[mine]} models, but the model is "
+                             f"{BASE_NAMES[unet_weights.base]}: it needs the model it was made from")
     base = unet_weights(set(control))
     out = dict(control)
     for key, weight in base.items():
@@ -134,12 +151,3 @@ def load_control_model(path: str | Path, dtype: torch.dtype | None = torch.float
     if layout.kind == "t2i_adapter":
         return _adapter(layout, dtype)
     return _controlnet(layout, metadata, dtype, unet_weights)
-
-
-def unet_weights_of(unet: torch.nn.Module) -> UnetWeights:
-    """The UNet's weights under their LDM names, as a diff ControlNet needs them (only the wanted keys are copied)."""
-    def wanted_weights(wanted: set[str]) -> dict[str, torch.Tensor]:
-        state = unet.state_dict()
-        names = unet_original_names(state)
-        return {names[k]: v.detach().to("cpu", torch.float32) for k, v in state.items() if names[k] in wanted}
-    return wanted_weights

@@ -12,7 +12,7 @@ from .. import costs
 from ..loaders import loading
 from ..types import Conditioning, Image, Model, OptionalVae
 from .control import ControlLink, ControlNetHandle
-from .load import load_control_model, unet_weights_of
+from .load import UnetWeights, load_control_model
 
 ControlNet = Annotated[Any, Socket("CONTROL_NET")]
 ControlNetName = Annotated[str, Combo(lambda s: s.folders.list("controlnet"))]
@@ -40,7 +40,7 @@ def load_handle(ctx: Any, name: str, model: Any = None) -> ControlNetHandle:
         else:
             def load_diff() -> torch.nn.Module:
                 with model.patched() as unet:
-                    return load_control_model(path, _load_dtype(manager), unet_weights_of(unet))
+                    return load_control_model(path, _load_dtype(manager), UnetWeights(unet))
             module = manager.get(("controlnet", str(path), "diff", model), load_diff, "controlnet")
     handle = ControlNetHandle(manager.ref(module), name, manager)
     if model is not None:

@@ -28,19 +28,24 @@ def tiny_controlnet(unet, seed: int) -> ControlNetModel:
     return net.eval()
 
 
-def tiny_adapter(xl: bool, seed: int) -> T2IAdapter:
+def tiny_adapter(xl: bool, seed: int, light: bool = False) -> T2IAdapter:
     torch.manual_seed(seed)
+    if light:  # 4 blocks with widths 32, 32, 64, 64
+        return T2IAdapter(3, [32, 32, 64], 2, 8, "light_adapter").eval()
     if xl:  # features for the tiny SDXL UNet's widths (64, 64, 128) + its mid block
         return T2IAdapter(3, [64, 64, 128, 128], 2, 16, "full_adapter_xl").eval()
     return T2IAdapter(3, [32, 32, 64, 64], 2, 8, "full_adapter").eval()
 
 
-def adapter_to_original(sd: dict) -> dict:
-    """diffusers full-adapter keys -> TencentARC's: body.L.resnets.J -> body.(2L+J); body.L.in_conv -> body.(2L)."""
+def adapter_to_original(sd: dict, light: bool = False) -> dict:
+    """diffusers adapter keys -> TencentARC's. Full: body.L.resnets.J -> body.(2L+J), body.L.in_conv -> body.(2L);
+    light: body.L.resnets.J -> body.L.body.J."""
     out = {}
     for key, value in sd.items():
         key = key.removeprefix("adapter.")
-        if m := re.match(r"^body\.(\d+)\.resnets\.(\d+)\.(.+)$", key):
+        if light:
+            key = re.sub(r"^body\.(\d+)\.resnets\.", r"body.\1.body.", key)
+        elif m := re.match(r"^body\.(\d+)\.resnets\.(\d+)\.(.+)$", key):
             key = f"body.{2 * int(m.group(1)) + int(m.group(2))}.{m.group(3)}"
         elif m := re.match(r"^body\.(\d+)\.in_conv\.(.+)$", key):
             key = f"body.{2 * int(m.group(1))}.in_conv.{m.group(2)}"
@@ -60,7 +65,7 @@ def diff_weights(net: ControlNetModel, unet) -> dict:
 
 
 class Nets:
-    """The reference modules and the files written from them (names in the controlnet folder)."""
+    """The reference modules, and the files written from them into the controlnet folder."""
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -70,17 +75,7 @@ class Nets:
         self.sdxl = tiny_controlnet(xl_unet, 3)
         self.adapter = tiny_adapter(False, 4)
         self.adapter_xl = tiny_adapter(True, 5)
-        self.files = {
-            "cn_sd15.safetensors": self.sd15,
-            "cn_sd15_b_fp16.pth": self.sd15_b,
-            "cn_sdxl.safetensors": self.sdxl,
-            "cn_sd15_diffusers.safetensors": self.sd15,
-            "cn_sd15_folder": self.sd15,
-            "cn_sd15_diff.safetensors": self.sd15,
-            "t2i_sd15.safetensors": self.adapter,
-            "t2i_sdxl.safetensors": self.adapter_xl,
-            "t2i_sd15_diffusers.safetensors": self.adapter,
-        }
+        self.adapter_light = tiny_adapter(False, 6, light=True)
         write_safetensors(folder / "cn_sd15.safetensors", controlnet_to_original(self.sd15.state_dict()))
         pruned = controlnet_to_original(self.sd15_b.state_dict(), prefix="")
         torch.save({k: v.half() for k, v in pruned.items()}, folder / "cn_sd15_b_fp16.pth")
@@ -91,5 +86,6 @@ class Nets:
         write_safetensors(folder / "t2i_sd15.safetensors", adapter_to_original(self.adapter.state_dict()))
         write_safetensors(folder / "t2i_sdxl.safetensors", adapter_to_original(self.adapter_xl.state_dict()))
         write_safetensors(folder / "t2i_sd15_diffusers.safetensors", self.adapter.state_dict())
+        write_safetensors(folder / "t2i_light.safetensors", adapter_to_original(self.adapter_light.state_dict(), True))
         union = {**self.sdxl.state_dict(), "task_embedding": torch.zeros(8, 64)}
         write_safetensors(folder / "union_sdxl.safetensors", union)

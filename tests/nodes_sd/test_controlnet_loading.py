@@ -124,8 +124,9 @@ def test_diff_controlnet_for_another_family_names_both(env, nets):
                       "cn": {"class_type": "DiffControlNetLoader",
                              "inputs": {"model": ["ckpt", 0], "control_net_name": "cn_sd15_diff.safetensors"}},
                       "out": capture(["cn", 0])})
-    assert result.status == "error"
-    assert "cn_sd15_diff.safetensors" in result.error["exception_message"]
+    assert result.status == "error" and result.error["node_type"] == "DiffControlNetLoader"
+    message = result.error["exception_message"]
+    assert "cn_sd15_diff.safetensors" in message and "for SD1.x models" in message and "model is SDXL" in message
 
 
 def adapter_features(adapter, size: int = 64) -> list[torch.Tensor]:
@@ -138,6 +139,7 @@ def adapter_features(adapter, size: int = 64) -> list[torch.Tensor]:
     ("t2i_sd15.safetensors", "adapter", "sd1"),
     ("t2i_sd15_diffusers.safetensors", "adapter", "sd1"),
     ("t2i_sdxl.safetensors", "adapter_xl", "sdxl"),
+    ("t2i_light.safetensors", "adapter_light", "sd1"),
 ])
 def test_t2i_adapters_are_detected_by_controlnet_loader(env, nets, name, reference, base):
     handle = loaded(env, name)

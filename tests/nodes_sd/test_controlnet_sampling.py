@@ -162,7 +162,7 @@ def test_stacked_residuals_are_the_sum_of_each_net(nets, parts):
     assert (stacked - alone).abs().max() > 1e-2
 
 
-def test_t2i_adapter_features_are_added_inside_the_down_blocks(nets, parts, env, plain):
+def test_t2i_adapter_features_are_added_inside_the_down_blocks(nets, parts):
     model, positive, _, hint = parts
     link = ControlLink(ControlNetHandle(nets.adapter, "t2i"), hint, 0.6)
     x_in, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4)), torch.tensor([300.0])
@@ -171,7 +171,11 @@ def test_t2i_adapter_features_are_added_inside_the_down_blocks(nets, parts, env,
     expected = unet_call(model, x_in, t, positive, down_intrablock_additional_residuals=features)
     torch.testing.assert_close(model.apply_model(x_in, t, positive, control=bound(link, model, 1.0)), expected,
                                rtol=1e-5, atol=1e-5)
-    assert_differ(latents(env, graph(("t2i_sd15.safetensors", 1.0))), plain)
+
+
+@pytest.mark.parametrize("name", ["t2i_sd15.safetensors", "t2i_light.safetensors"])
+def test_t2i_adapters_change_the_output(env, nets, plain, name):
+    assert_differ(latents(env, graph((name, 1.0))), plain)
 
 
 def test_the_old_apply_node_also_drives_the_negative_prompt(env, nets):
