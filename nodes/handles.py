@@ -236,8 +236,9 @@ class UNetModel:
 
     def apply_model(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                     concat: torch.Tensor | None = None, *, interrupt: Interrupt | None = None,
-                    **extra: Any) -> torch.Tensor:
-        """Network output for a batch; a big batch runs in row chunks with `interrupt()` before each chunk."""
+                    control: Any = None, **extra: Any) -> torch.Tensor:
+        """Network output for a batch; a big batch runs in row chunks with `interrupt()` before each chunk.
+        `control` (a bound ControlNet chain, `nodes.controlnet.control.ControlCall`) adds its residuals."""
         if context.shape[-1] != self.context_dim:
             raise ValueError(f"conditioning width {context.shape[-1]} does not fit this model (expects "
                              f"{self.context_dim}): the CLIP and the MODEL come from different model families")
@@ -245,16 +246,21 @@ class UNetModel:
         if x.shape[1] != self.in_channels:
             raise ValueError(f"the model takes {self.in_channels} input channels, got {x.shape[1]}")
         batch = x.shape[0]
+        if control is not None:
+            control.check_model(self)
         with self.patched() as unet:
             device, dtype = module_device_dtype(unet)
 
             def run(rows: slice) -> torch.Tensor:
                 added = {k: batch_rows(v, rows, batch).to(device, dtype) for k, v in extra.items()} \
                     if self.sdxl is not None else None
+                steps = batch_rows(t, rows, batch).to(device)
+                hidden = batch_rows(context, rows, batch).to(device, dtype)
+                residuals = {} if control is None else \
+                    control.unet_kwargs(rows, x_in[rows].to(device, dtype), steps, hidden, added, dtype)
                 with torch.no_grad():
-                    out = unet(x[rows].to(device, dtype), batch_rows(t, rows, batch).to(device),
-                               encoder_hidden_states=batch_rows(context, rows, batch).to(device, dtype),
-                               added_cond_kwargs=added, return_dict=False)[0]
+                    out = unet(x[rows].to(device, dtype), steps, encoder_hidden_states=hidden,
+                               added_cond_kwargs=added, return_dict=False, **residuals)[0]
                 return out.to(x_in.device, torch.float32)
 
             per_call = rows_per_call(x.shape[-2] * x.shape[-1], device_budget(UNET_CALL_PIXELS, device))

@@ -118,11 +118,13 @@ def _depth(sd: Mapping[str, torch.Tensor], block_prefix: str) -> int:
     return len(_block_indices(sd, re.escape(block_prefix + "transformer_blocks")))
 
 
-def unet_structure(sd: Mapping[str, torch.Tensor]) -> UnetStructure:
-    """Read an LDM UNet's structure; raises ModelFileError when the key layout is not an LDM UNet."""
+def unet_structure(sd: Mapping[str, torch.Tensor], encoder_only: bool = False) -> UnetStructure:
+    """Read an LDM UNet's structure; raises ModelFileError when the key layout is not an LDM UNet.
+
+    `encoder_only`: the weights have only the input and middle blocks (a ControlNet); out_channels = in_channels."""
     try:
         conv_in = sd["input_blocks.0.0.weight"]
-        conv_out = sd["out.2.weight"]
+        out_channels = int(conv_in.shape[1]) if encoder_only else int(sd["out.2.weight"].shape[0])
     except KeyError as e:
         raise ModelFileError(f"not an LDM UNet: missing {e.args[0]!r}") from None
     inputs = [i for i in _block_indices(sd, "input_blocks") if i > 0]
@@ -140,7 +142,7 @@ def unet_structure(sd: Mapping[str, torch.Tensor]) -> UnetStructure:
     adm = sd.get("label_emb.0.0.weight")
     return UnetStructure(
         in_channels=int(conv_in.shape[1]),
-        out_channels=int(conv_out.shape[0]),
+        out_channels=out_channels,
         level_channels=channels,
         layers_per_block=per_level - 1,
         attention_levels=attention,

@@ -25,10 +25,11 @@ _FAMILY_NAME = {("sd1", "normal"): "sd15", ("sd1", "inpaint"): "sd15_inpaint", (
                 ("sdxl", "inpaint"): "sdxl_inpaint", ("sdxl_refiner", "normal"): "sdxl_refiner"}
 
 
-def _structure(config) -> UnetStructure:
+def structure_from_config(config) -> UnetStructure:
+    """UnetStructure of a diffusers UNet (or ControlNet: out_channels defaults to in_channels) config."""
     levels = len(config["block_out_channels"])
     return UnetStructure(
-        in_channels=config["in_channels"], out_channels=config["out_channels"],
+        in_channels=config["in_channels"], out_channels=config.get("out_channels", config["in_channels"]),
         level_channels=tuple(config["block_out_channels"]), layers_per_block=config["layers_per_block"],
         attention_levels=tuple(t.startswith("CrossAttn") for t in config["down_block_types"]),
         transformer_depths=(0,) * levels, mid_transformer_depth=0, context_dim=config["cross_attention_dim"],
@@ -43,7 +44,7 @@ def _structure(config) -> UnetStructure:
 
 def family_from_configs(unet_config, vae_config, encoders: tuple[str, ...], prediction_type: str) -> Family:
     """A standard family when the configs have its structure, else a custom family built from them."""
-    s = _structure(unet_config)
+    s = structure_from_config(unet_config)
     base, variant = base_from_unet(s), variant_from_channels(s)
     name = _FAMILY_NAME.get((base, variant))
     if name is not None and _ENCODERS_BY_BASE[base] == encoders:

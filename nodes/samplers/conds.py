@@ -93,6 +93,7 @@ class CondPass:
     context: torch.Tensor  # [B, T, D]
     concat: torch.Tensor | None  # [B, k, h, w] extra input channels, or None
     extra: dict  # further apply_model kwargs (tensors with B rows)
+    control: Any = None  # the entry's `control` (a ControlNet chain with `bind`, see nodes.controlnet), or None
 
 
 def entry_is_active(options: dict, sigma: float, percent_to_sigma: Callable[[float], float]) -> bool:
@@ -135,7 +136,7 @@ def _compatible(a: CondPass, b: CondPass, x: torch.Tensor) -> bool:
         return False
     if (a.concat is None) != (b.concat is None) or (a.concat is not None and a.concat.shape != b.concat.shape):
         return False
-    if a.extra.keys() != b.extra.keys():
+    if a.extra.keys() != b.extra.keys() or a.control is not b.control:
         return False
     return all(getattr(a.extra[k], "shape", None) == getattr(b.extra[k], "shape", None) for k in a.extra)
 
@@ -172,7 +173,13 @@ def run_group(model, group: list[CondPass], x: torch.Tensor, sigma: torch.Tensor
     t = ms.timestep(sigmas).to(torch.float32)
     context = torch.cat([p.context for p in group])
     concat = torch.cat([p.concat for p in group]) if group[0].concat is not None else None
-    out = model.apply_model(x_in, t, context, concat=concat, **_cat_extra(group)).to(torch.float32)
+    extra = _cat_extra(group)
+    if group[0].control is not None:
+        control = group[0].control.bind(float(sigma[0]), ms.percent_to_sigma, xs.shape[-2], xs.shape[-1],
+                                        xs.shape[0], len(group))
+        if control is not None:  # no ControlNet active at this sigma: the call runs as without one
+            extra["control"] = control
+    out = model.apply_model(x_in, t, context, concat=concat, **extra).to(torch.float32)
     return list(ms.calculate_denoised(sigmas, out, xs).split(x.shape[0]))
 
 
@@ -207,7 +214,7 @@ def make_passes(
             for key, value in (model.extra_conds(options, batch, height, width) or {}).items()
         }
         ctx = repeat_to_batch(context.to(x.device, x.dtype), batch)
-        passes.append(CondPass(slot, window, mult.to(x.device, x.dtype), ctx, concat, extra))
+        passes.append(CondPass(slot, window, mult.to(x.device, x.dtype), ctx, concat, extra, options.get("control")))
     return passes
 
 
@@ -232,6 +239,26 @@ def conditioning_x0(model, conditioning: list, x: torch.Tensor, sigma: torch.Ten
     passes = make_passes(model, conditioning, 0, x, sigma, concat_for)
     with patches_held(model, patches):
         return weighted_predictions(model, passes, x, sigma, 1)[0]
+
+
+def controls_for_uncond(positive: list, negative: list) -> list:
+    """ControlNetApply (the old node) marks its entries `control_apply_to_uncond`: their controls also drive the
+    negative prompt. As in ComfyUI, only entries without an area take part, and only when no such negative entry has a
+    control of its own: the i-th control goes to the (i mod n)-th of those n negative entries (the last one given to
+    an entry is the one it keeps)."""
+    def no_area(conditioning: list) -> list[tuple[int, dict]]:
+        return [(i, options) for i, (_, options) in enumerate(conditioning) if "area" not in options]
+
+    controls = [o["control"] for _, o in no_area(positive)
+                if o.get("control_apply_to_uncond") and o.get("control") is not None]
+    targets = no_area(negative)
+    if not controls or not targets or any(o.get("control") is not None for _, o in targets):
+        return negative
+    negative = list(negative)
+    for n, control in enumerate(controls):
+        index, options = targets[n % len(targets)]
+        negative[index] = [negative[index][0], {**options, "control": control}]
+    return negative
 
 
 def guided_x0(

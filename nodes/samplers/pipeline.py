@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from .conds import guided_x0, repeat_to_batch, resize_mask
+from .conds import controls_for_uncond, guided_x0, repeat_to_batch, resize_mask
 from .guidance import RunGuidance
 from .model_sampling import ModelSampling
 from .noise import SEED_LIMIT, prepare_noise
@@ -262,7 +262,7 @@ def ksample(
     denoiser = GuidedDenoiser(
         model,
         positive,
-        negative,
+        controls_for_uncond(positive, negative),
         float(cfg),
         force_uncond=is_cfg_pp(sampler_name),
         inpaint=inpaint,

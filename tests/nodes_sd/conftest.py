@@ -115,3 +115,11 @@ def env(tmp_path_factory) -> Env:
         registry.services.__dict__["folders"] = ModelFolders(base / "models")
     registry.register(Capture, python_module="tests")
     return Env(base, registry)
+
+
+@pytest.fixture(scope="session")
+def nets(env):
+    """Tiny ControlNets and T2I-Adapters in every file layout, in the models folder's controlnet/."""
+    from .controlnet_files import Nets
+
+    return Nets(env.base / "models" / "controlnet")
