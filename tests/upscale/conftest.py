@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 ROOT = str(Path(__file__).resolve().parents[2])
 if ROOT not in sys.path:
@@ -35,8 +37,6 @@ def upscale_env(tmp_path_factory) -> UpscaleEnv:
     write_esrgan(folder / "esrgan_x4.safetensors", scale=4)
     write_esrgan(folder / "realesrgan_x2.pth", scale=2, seed=1)
     (folder / "sub").mkdir()
-    from safetensors.torch import save_file
-    import torch
     save_file({"encoder.weight": torch.zeros(4, 4)}, str(folder / "sub" / "not_an_upscaler.safetensors"))
     registry = NodeRegistry()
     register(registry, RuntimeConfig(base_dir=base))
