@@ -11,7 +11,8 @@ from .services import Services
 NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
                 "sampling_patches", "model_merging", "model_saving", "model_patches.freeu", "model_patches.attention",
                 "model_patches.downscale", "model_patches.hypertile",
-                "model_patches.hypernetwork", "model_patches.tome", "controlnet.nodes", "preprocessors")
+                "model_patches.hypernetwork", "model_patches.tome", "controlnet.nodes", "preprocessors",
+                "upscale", "clipseg")
 
 
 def node_classes() -> list[type]:

@@ -92,15 +92,16 @@ def free_device_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def retry_tiled(run_tiled: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
-    """run_tiled(tile, overlap) in latent pixels, with smaller tiles after each out-of-memory error."""
-    tile = FALLBACK_TILE
+def retry_tiled(run_tiled: Callable[[int, int], torch.Tensor], tile: int = FALLBACK_TILE,
+                overlap: int = FALLBACK_OVERLAP, min_tile: int = MIN_FALLBACK_TILE) -> torch.Tensor:
+    """run_tiled(tile, overlap) (by default in latent pixels), the tile halved after each out-of-memory error
+    until it is `min_tile`; the overlap is at most a quarter of the tile."""
     while True:
         free_device_cache()
         try:
-            return run_tiled(tile, min(FALLBACK_OVERLAP, tile // 4))
+            return run_tiled(tile, min(overlap, tile // 4))
         except Exception as exc:
-            if not is_out_of_memory(exc) or tile <= MIN_FALLBACK_TILE:
+            if not is_out_of_memory(exc) or tile <= min_tile:
                 raise
         tile //= 2
 

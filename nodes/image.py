@@ -231,6 +231,37 @@ class ImageScaleBy(Node):
         return (_resize_images(ctx, self.image, width, height, self.upscale_method, "disabled"),)
 
 
+def total_pixels_size(width: int, height: int, megapixels: float, steps: int) -> tuple[int, int]:
+    """The aspect-keeping size of about megapixels × 1024² pixels, each side rounded to a multiple of `steps`."""
+    scale = math.sqrt(megapixels * 1024 * 1024 / (width * height))
+    return (max(steps, round(width * scale / steps) * steps), max(steps, round(height * scale / steps) * steps))
+
+
+class ImageScaleToTotalPixels(Node):
+    """Resize images to a total pixel count (in megapixels), keeping the aspect ratio."""
+
+    DISPLAY_NAME = "Scale Image to Total Pixels"
+    CATEGORY = "image/upscaling"
+    RETURNS = (Output("IMAGE"),)
+    image: Image
+    upscale_method: Annotated[str, Combo(IMAGE_UPSCALE_METHODS)]
+    megapixels: Annotated[float, Float(min=0.01, max=16.0, step=0.01)] = 1.0
+    resolution_steps: Annotated[int, Int(min=1, max=256, step=1, advanced=True,
+                                         tooltip="Round each side to a multiple of this.")] = 1
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        pixels, known = upstream.get("image"), costs.constants(inputs, "megapixels", "resolution_steps")
+        if pixels is None or known is None:
+            return None
+        return costs.made(costs.resized(pixels, *total_pixels_size(pixels["width"], pixels["height"], *known)))
+
+    def execute(self, ctx) -> tuple:
+        width, height = total_pixels_size(self.image.shape[2], self.image.shape[1], self.megapixels,
+                                          self.resolution_steps)
+        return (_resize_images(ctx, self.image, width, height, self.upscale_method, "disabled"),)
+
+
 class ImageInvert(Node):
     """1 − image."""
 
@@ -294,5 +325,5 @@ class ImagePadForOutpaint(Node):
         return (padded, mask.unsqueeze(0))
 
 
-NODE_CLASSES = [LoadImage, LoadImageMask, SaveImage, PreviewImage, ImageScale, ImageScaleBy, ImageInvert,
-                ImagePadForOutpaint]
+NODE_CLASSES = [LoadImage, LoadImageMask, SaveImage, PreviewImage, ImageScale, ImageScaleBy, ImageScaleToTotalPixels,
+                ImageInvert, ImagePadForOutpaint]

@@ -37,6 +37,7 @@ WORKFLOWS: dict[str, tuple[str, dict[str, Any]]] = {
     "depth2img": ("depth2img", {
         "prompt": "a small green square at the top and a large yellow circle at the bottom on a purple background"}),
     "hires_fix": ("hires_fix", {"prompt": "a large orange triangle in the center on a black background"}),
+    "hires_fix_model": ("hires_fix_model", {"prompt": "a large orange triangle in the center on a black background"}),
     "variations": ("variations", {"prompt": "a small purple square at the top on a yellow background"}),
     "variations_seeds": ("variations", {"prompt": "a small purple square at the top on a yellow background",
                                         "mode": "seeds", "count": 3, "filename_prefix": "variations_seeds"}),

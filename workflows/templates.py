@@ -6,6 +6,7 @@ it one is built for the current folder. `graphengine template NAME --help` lists
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from graphengine import NodeRegistry, RuntimeConfig, build_registry
@@ -15,6 +16,7 @@ BASE_CHECKPOINT = "graphengine-demo.safetensors"
 INPAINT_CHECKPOINT = "graphengine-demo-inpaint.safetensors"
 DEPTH_CHECKPOINT = "graphengine-demo-depth.safetensors"
 DEMO_LORA = "graphengine-demo-corners.safetensors"  # models/loras/: teaches the demo model shapes in the corners
+UPSCALE_MODEL = "RealESRGAN_x2plus.pth"  # models/upscale_models/: not bundled (RealESRGAN's own 2x release file)
 AREA_MIN = 64  # ConditioningSetArea's smallest width/height in pixels
 
 def _graph(registry: NodeRegistry | None) -> Graph:
@@ -168,6 +170,20 @@ def depth2img(prompt: str, depth_image: str = "depth_map.png", init_image: str |
     return g
 
 
+def _two_pass(g: Graph, checkpoint: str, prompt: str, negative: str, width: int, height: int, steps: int,
+              hires_steps: int, hires_denoise: float, seed: int, sampling: dict,
+              enlarge: Callable[[OutputRef, OutputRef], OutputRef], filename_prefix: str) -> Graph:
+    """First pass at width x height, `enlarge(latent, vae)` -> a larger latent, the hires pass, decode and save."""
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    common = dict(model=model, positive=positive, negative=negative_cond, **sampling)
+    first = g.KSampler(seed=seed, steps=steps, latent_image=g.EmptyLatentImage(width=width, height=height),
+                       denoise=1.0, _title="KSampler (first pass)", **common)
+    second = g.KSampler(seed=seed, steps=hires_steps, latent_image=enlarge(first[0], vae), denoise=hires_denoise,
+                        _title="KSampler (hires pass)", **common)
+    _decode_and_save(g, second[0], vae, filename_prefix)
+    return g
+
+
 def hires_fix(prompt: str, negative: str = "", width: int = 64, height: int = 64, scale_by: float = 1.5,
               upscale_method: Literal["nearest-exact", "bilinear", "area", "bicubic", "bislerp"] = "nearest-exact",
               hires_denoise: float = 0.5, steps: int = 20, hires_steps: int = 10, cfg: float = 5.0,
@@ -177,16 +193,37 @@ def hires_fix(prompt: str, negative: str = "", width: int = 64, height: int = 64
     """Two-pass generation: sample at width x height, upscale the latent by `scale_by`, then resample it at
     `hires_denoise` to add detail at the larger size."""
     g = _graph(registry)
-    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
-    common = dict(model=model, cfg=cfg, sampler_name=sampler, scheduler=scheduler, positive=positive,
-                  negative=negative_cond)
-    first = g.KSampler(seed=seed, steps=steps, latent_image=g.EmptyLatentImage(width=width, height=height),
-                       denoise=1.0, _title="KSampler (first pass)", **common)
-    upscaled = g.LatentUpscaleBy(samples=first, upscale_method=upscale_method, scale_by=scale_by)
-    second = g.KSampler(seed=seed, steps=hires_steps, latent_image=upscaled, denoise=hires_denoise,
-                        _title="KSampler (hires pass)", **common)
-    _decode_and_save(g, second[0], vae, filename_prefix)
-    return g
+
+    def enlarge(latent: OutputRef, _vae: OutputRef) -> OutputRef:
+        return g.LatentUpscaleBy(samples=latent, upscale_method=upscale_method, scale_by=scale_by)[0]
+
+    sampling = dict(cfg=cfg, sampler_name=sampler, scheduler=scheduler)
+    return _two_pass(g, checkpoint, prompt, negative, width, height, steps, hires_steps, hires_denoise, seed,
+                     sampling, enlarge, filename_prefix)
+
+
+def hires_fix_model(prompt: str, negative: str = "", width: int = 64, height: int = 64,
+                    upscale_model: str = UPSCALE_MODEL, megapixels: float | None = None,
+                    hires_denoise: float = 0.5, steps: int = 20, hires_steps: int = 10, cfg: float = 5.0,
+                    sampler: str = "euler", scheduler: str = "normal", seed: int = 0,
+                    checkpoint: str = BASE_CHECKPOINT, filename_prefix: str = "hires_fix_model", *,
+                    registry: NodeRegistry | None = None) -> Graph:
+    """Two-pass generation with an upscale model: sample at width x height, decode, upscale the pixels with
+    `upscale_model` (from models/upscale_models; optionally resized to `megapixels`), re-encode and resample at
+    `hires_denoise`."""
+    g = _graph(registry)
+
+    def enlarge(latent: OutputRef, vae: OutputRef) -> OutputRef:
+        upscaler = g.UpscaleModelLoader(model_name=upscale_model)
+        pixels = g.ImageUpscaleWithModel(upscale_model=upscaler, image=g.VAEDecode(samples=latent, vae=vae))[0]
+        if megapixels is not None:
+            pixels = g.ImageScaleToTotalPixels(image=pixels, upscale_method="lanczos", megapixels=megapixels,
+                                               resolution_steps=8)[0]
+        return g.VAEEncode(pixels=pixels, vae=vae)[0]
+
+    sampling = dict(cfg=cfg, sampler_name=sampler, scheduler=scheduler)
+    return _two_pass(g, checkpoint, prompt, negative, width, height, steps, hires_steps, hires_denoise, seed,
+                     sampling, enlarge, filename_prefix)
 
 
 def variations(prompt: str, count: int = 4, mode: Literal["batch", "seeds"] = "batch", negative: str = "",
@@ -248,6 +285,7 @@ TEMPLATES = {
     "outpaint": outpaint,
     "depth2img": depth2img,
     "hires_fix": hires_fix,
+    "hires_fix_model": hires_fix_model,
     "variations": variations,
     "area_composition": area_composition,
 }

@@ -34,6 +34,7 @@ DEFAULT_FOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "depth": (("depth",), MODEL_EXTENSIONS),
     "diffusers": (("diffusers",), ()),  # only diffusers-format folders
     "vae_approx": (("vae_approx",), MODEL_EXTENSIONS),
+    "clipseg": (("clipseg",), ()),  # transformers CLIPSeg folders (config.json + weights + processor files)
 }
 FOLDER_ALIASES = {"clip": "text_encoders", "unet": "diffusion_models"}
 

@@ -23,8 +23,9 @@ SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
 READABLE_EXTENSIONS = SAFETENSORS_EXTENSIONS + PICKLE_EXTENSIONS
 
-# Original LDM checkpoints wrap the weights: {"state_dict": {...}, "global_step": N, ...}.
-_WRAPPER_KEYS = ("state_dict",)
+# Original LDM checkpoints wrap the weights: {"state_dict": {...}, "global_step": N, ...}; BasicSR-trained upscale
+# models (RealESRGAN, SwinIR, …): {"params_ema": {...}} and/or {"params": {...}} (the EMA weights are the ones used).
+_WRAPPER_KEYS = ("state_dict", "params_ema", "params")
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

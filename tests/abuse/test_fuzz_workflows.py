@@ -17,6 +17,7 @@ from pathlib import Path
 
 from graphengine import Node, NodeOutput, RuntimeConfig, build_registry, validate_prompt
 from tests.server.harness import GUARD_SECONDS, REPO, serve
+from tests.workflows.conftest import unbundled_model_names
 
 from .mutations import mutated_request
 
@@ -68,7 +69,8 @@ def test_mutated_workflows_never_get_a_500_and_the_server_still_runs_prompts(tmp
     bases = [json.loads(path.read_text()) for path in WORKFLOWS]
     assert len(bases) >= 5
     registry = build_registry(RuntimeConfig(base_dir=tmp_path, models_dir=REPO / "models", input_dir=REPO / "input",
-                                            output_dir=tmp_path / "output"))
+                                            output_dir=tmp_path / "output",
+                                            extra_model_paths=[unbundled_model_names(tmp_path)]))
     for base in bases:  # each shipped workflow is valid (this also does the model lists' one-time imports)
         validate_prompt(base, registry)
     opened = threading.Event()

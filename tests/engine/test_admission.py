@@ -12,14 +12,16 @@ from graphengine.cli import main
 from graphengine.examples import EXAMPLE_NODES
 from graphengine.memory import MemoryGuard, process_rss
 from tests.server.memory_nodes import MEMORY_NODES
+from tests.workflows.conftest import unbundled_model_names
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 
 
 @pytest.fixture(scope="module")
-def sd_registry() -> NodeRegistry:
-    return build_registry(RuntimeConfig(base_dir=REPO))
+def sd_registry(tmp_path_factory) -> NodeRegistry:
+    unbundled = unbundled_model_names(tmp_path_factory.mktemp("unbundled"))
+    return build_registry(RuntimeConfig(base_dir=REPO, extra_model_paths=[unbundled]))
 
 
 def workflow(name: str, **changes: dict) -> dict:

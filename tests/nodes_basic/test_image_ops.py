@@ -57,6 +57,23 @@ def test_image_scale_by(run_node):
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize(("height", "width", "megapixels", "steps", "expected_hw"), [
+    # 0.01 MP = 10485.76 px: a square side of 102.4 -> 102; 2:1 keeps its aspect: 144.8 x 72.4
+    (4, 4, 0.01, 1, (102, 102)), (2, 4, 0.01, 1, (72, 145)),
+    (3, 4, 1.0, 1, (887, 1182)),  # 3:4 at one megapixel (1048576 px)
+    (2, 4, 0.01, 8, (72, 144)), (4, 4, 0.01, 64, (128, 128)),  # each side rounded to a multiple of the steps
+    (96, 128, 0.01, 1, (89, 118)),  # 12288 px -> 10486: scales down too
+])
+def test_image_scale_to_total_pixels_sizes(run_node, height, width, megapixels, steps, expected_hw):
+    image = ramp_image(2, height, width)
+    out = run_node("ImageScaleToTotalPixels", {"image": ["i", 0], "upscale_method": "bilinear",
+                                               "megapixels": megapixels, "resolution_steps": steps},
+                   extra={"i": const("Image", image)})
+    assert out.shape == (2, *expected_hw, 3)
+    expected = F.interpolate(image.movedim(-1, 1), size=expected_hw, mode="bilinear").movedim(1, -1)
+    assert torch.allclose(out, expected)
+
+
 def reference_outpaint_mask(h, w, top, bottom, left, right, feathering):
     """Per-pixel expectation: 1 in the padding; ((F − d)/F)² near padded sides inside the original."""
     mask = torch.ones(h + top + bottom, w + left + right)

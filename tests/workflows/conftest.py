@@ -35,6 +35,15 @@ def write_demo_named_checkpoints(models: Path) -> None:
     # No SD1-layout depth family exists, so the 5-channel model is a self-describing custom file.
     save_checkpoint(folder / DEPTH_CHECKPOINT, tiny_unet(in_channels=5, seed=4), vae, [text], "custom")
     write_demo_named_lora(models / "loras")
+    write_demo_named_upscale_model(models / "upscale_models")
+
+
+def write_demo_named_upscale_model(folder: Path) -> None:
+    """A random 2x ESRGAN (RealESRGAN's key layout, BasicSR's .pth wrapping) under the workflows' model name."""
+    from tests.upscale.spandrel_support import write_esrgan
+    from workflows.templates import UPSCALE_MODEL
+
+    write_esrgan(folder / UPSCALE_MODEL, scale=2)
 
 
 def write_demo_named_lora(folder: Path) -> None:
@@ -46,6 +55,18 @@ def write_demo_named_lora(folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file(kohya_lora(5), str(folder / DEMO_LORA))
+
+
+def unbundled_model_names(folder: Path) -> Path:
+    """An extra_model_paths.yaml listing, as empty files, the model files the workflows name but the repo does not
+    ship (enough for validation, which only checks the names)."""
+    from workflows.templates import UPSCALE_MODEL
+
+    (folder / "upscale_models").mkdir(parents=True, exist_ok=True)
+    (folder / "upscale_models" / UPSCALE_MODEL).write_bytes(b"")
+    config = folder / "extra_model_paths.yaml"
+    config.write_text(f"unbundled:\n  base_path: {folder}\n  upscale_models: upscale_models\n", encoding="utf-8")
+    return config
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from graphengine.cli import main
 from graphengine.ui_convert import convert
 from graphengine.workflow_io import apply_overrides, load_workflow_data, png_text_chunks
 
+from tests.upscale.spandrel_support import require_spandrel
+
 from .conftest import INPUT_DIR, WORKFLOWS_DIR
 
 FAST_STEPS = 2
@@ -28,10 +30,12 @@ EXPECTED_IMAGES = {
     "outpaint": (1, (64, 64)),  # the 32-px-wide sample padded by 32 on the right
     "depth2img": (1, (64, 64)),
     "hires_fix": (1, (96, 96)),
+    "hires_fix_model": (1, (128, 128)),  # the 2x upscale model's output, resampled
     "variations": (4, (64, 64)),
     "variations_seeds": (3, (64, 64)),
     "area_composition": (1, (128, 64)),
 }
+NEEDS_SPANDREL = {"hires_fix_model"}  # an upscale model: spandrel is an optional extra (installed in CI)
 
 
 def fast_overrides(prompt: dict) -> list[str]:
@@ -55,6 +59,8 @@ def test_every_workflow_file_has_an_expectation():
 
 @pytest.mark.parametrize("stem", sorted(EXPECTED_IMAGES))
 def test_workflow_file_runs_through_the_cli_and_writes_pngs(stem, models_dir, tmp_path, capsys):
+    if stem in NEEDS_SPANDREL:
+        require_spandrel()
     path = WORKFLOWS_DIR / f"{stem}.json"
     prompt = json.loads(path.read_text())
     overrides = [arg for o in fast_overrides(prompt) for arg in ("--set", o)]

@@ -11,7 +11,7 @@ from graphengine import validate_prompt
 from graphengine.cli import main
 from graphengine.script import load_templates
 from tools.generate_workflows import WORKFLOWS
-from workflows.templates import TEMPLATES, area_composition, inpaint_model, variations
+from workflows.templates import TEMPLATES, area_composition, hires_fix_model, inpaint_model, variations
 
 PROMPT = "a red circle on the left on a blue background"
 
@@ -32,7 +32,7 @@ def test_every_template_graph_validates_against_the_full_registry(stem, sd_regis
 
 def test_template_table_covers_the_required_templates():
     assert set(TEMPLATES) == {"txt2img", "img2img", "inpaint", "inpaint_model", "outpaint", "depth2img",
-                              "hires_fix", "variations", "area_composition", "lora"}
+                              "hires_fix", "hires_fix_model", "variations", "area_composition", "lora"}
 
 
 def test_inpaint_model_methods_use_the_two_inpaint_nodes(schema_registry):
@@ -51,6 +51,20 @@ def test_variations_by_seed_makes_one_sampler_per_seed(schema_registry):
     assert len(by_class(prompt, "SaveImage")) == 3
     batch = variations(PROMPT, count=5, registry=schema_registry).to_api()
     assert [n["inputs"]["batch_size"] for n in by_class(batch, "EmptyLatentImage")] == [5]
+
+
+def test_hires_fix_model_upscales_decoded_pixels_and_can_resize_them(schema_registry):
+    plain = hires_fix_model(PROMPT, registry=schema_registry).to_api()
+    (upscale,) = by_class(plain, "ImageUpscaleWithModel")
+    (loader,) = by_class(plain, "UpscaleModelLoader")
+    assert loader["inputs"]["model_name"] == "RealESRGAN_x2plus.pth"
+    assert plain[upscale["inputs"]["image"][0]]["class_type"] == "VAEDecode"
+    assert not by_class(plain, "ImageScaleToTotalPixels") and len(by_class(plain, "KSampler")) == 2
+    resized = hires_fix_model(PROMPT, megapixels=0.05, registry=schema_registry).to_api()
+    (scale,) = by_class(resized, "ImageScaleToTotalPixels")
+    assert scale["inputs"]["megapixels"] == 0.05
+    (encode,) = by_class(resized, "VAEEncode")
+    assert resized[encode["inputs"]["pixels"][0]]["class_type"] == "ImageScaleToTotalPixels"
 
 
 def test_area_composition_gives_each_region_a_column(schema_registry):
