@@ -161,6 +161,9 @@ class UNetModel:
     # Guidance hooks (nodes.samplers.guidance): pre-cfg / cfg / post-cfg / denoise-mask functions of a sampling run,
     # read by the sampler (`ksample`) and applied where cfg combines cond and uncond (`conds.guided_x0`).
     guidance: tuple = ()
+    # unCLIP models: the image-embedding noise augmentor (nodes.unclip.NoiseAugmentor); its output enters the UNet
+    # as `class_labels`.
+    unclip: Any = None
 
     def with_weight_patch(self, patch: Any) -> UNetModel:
         """A new handle with one more weight patch (the cached base module is not touched)."""
@@ -213,7 +216,23 @@ class UNetModel:
         dim = self.unet_source.config.cross_attention_dim
         return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
 
+    def prepare_conditioning(self, conditioning: list, seed: int) -> list:
+        """Per-run work on a CONDITIONING before sampling: an unCLIP model's class labels from each entry's
+        unCLIP records, noised with the sampler's seed (entries are copied, never changed)."""
+        if self.unclip is None:
+            return conditioning
+        return [[cond, {**extras, "unclip_adm": self.unclip_adm(extras, seed)}] for cond, extras in conditioning]
+
+    def unclip_adm(self, cond_dict: dict, seed: int = 0) -> torch.Tensor:
+        records = cond_dict.get("unclip_conditioning")
+        if not records:
+            return torch.zeros(1, 2 * self.unclip.dim)
+        return self.unclip.adm(records, seed)
+
     def extra_conds(self, cond_dict: dict, batch: int, height: int, width: int) -> dict:
+        if self.unclip is not None:
+            adm = cond_dict.get("unclip_adm")
+            return {"class_labels": repeat_to_batch(adm if adm is not None else self.unclip_adm(cond_dict), batch)}
         if self.sdxl is None:
             return {}
         pooled = cond_dict.get("pooled_output")
@@ -238,12 +257,14 @@ class UNetModel:
             device, dtype = module_device_dtype(unet)
 
             def run(rows: slice) -> torch.Tensor:
-                added = {k: batch_rows(v, rows, batch).to(device, dtype) for k, v in extra.items()} \
-                    if self.sdxl is not None else None
+                rows_of = {k: batch_rows(v, rows, batch).to(device, dtype) for k, v in extra.items()
+                           if isinstance(v, torch.Tensor)}
+                class_labels = rows_of.pop("class_labels", None)
+                added = rows_of if self.sdxl is not None else None
                 with torch.no_grad():
                     out = unet(x[rows].to(device, dtype), batch_rows(t, rows, batch).to(device),
                                encoder_hidden_states=batch_rows(context, rows, batch).to(device, dtype),
-                               added_cond_kwargs=added, return_dict=False)[0]
+                               class_labels=class_labels, added_cond_kwargs=added, return_dict=False)[0]
                 return out.to(x_in.device, torch.float32)
 
             per_call = rows_per_call(x.shape[-2] * x.shape[-1], device_budget(UNET_CALL_PIXELS, device))
