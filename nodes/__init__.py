@@ -11,7 +11,7 @@ from .services import Services
 NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
                 "sampling_patches", "model_merging", "model_saving", "model_patches.freeu", "model_patches.attention",
                 "model_patches.downscale", "model_patches.hypertile",
-                "clip_vision", "style_model", "unclip")
+                "clip_vision", "style_model", "unclip", "gligen")
 
 
 def node_classes() -> list[type]:

@@ -36,6 +36,8 @@ REFINER_POOLED_DIM = 1280
 FALLBACK_TILE = 64
 FALLBACK_OVERLAP = 16
 MIN_FALLBACK_TILE = 8
+# position_net argument -> extra_conds key suffix of GLIGEN boxes
+GLIGEN_INPUTS = {"boxes": "boxes", "masks": "masks", "positive_embeddings": "embeddings"}
 
 
 # A module, or a reference with `.module()` (the live module, reloaded if evicted) and `.config` (e.g. ModelRef).
@@ -230,17 +232,27 @@ class UNetModel:
         return self.unclip.adm(records, seed)
 
     def extra_conds(self, cond_dict: dict, batch: int, height: int, width: int) -> dict:
+        extra = self._gligen_conds(cond_dict, batch, height, width)
         if self.unclip is not None:
             adm = cond_dict.get("unclip_adm")
-            return {"class_labels": repeat_to_batch(adm if adm is not None else self.unclip_adm(cond_dict), batch)}
+            extra["class_labels"] = repeat_to_batch(adm if adm is not None else self.unclip_adm(cond_dict), batch)
+            return extra
         if self.sdxl is None:
-            return {}
+            return extra
         pooled = cond_dict.get("pooled_output")
         if pooled is None:
             pooled = torch.zeros(1, self.sdxl.pooled_dim)
         pooled = repeat_to_batch(pooled.reshape(-1, pooled.shape[-1]).to(torch.float32), batch)
         ids = torch.tensor(sdxl_time_ids(cond_dict, height, width, self.sdxl.time_ids), dtype=torch.float32)
-        return {"text_embeds": pooled, "time_ids": ids.unsqueeze(0).repeat(batch, 1)}
+        return {**extra, "text_embeds": pooled, "time_ids": ids.unsqueeze(0).repeat(batch, 1)}
+
+    @staticmethod
+    def _gligen_conds(cond_dict: dict, batch: int, height: int, width: int) -> dict:
+        """GLIGEN boxes (nodes.gligen): the model to attach for the call and its position_net inputs."""
+        gligen = cond_dict.get("gligen")
+        if gligen is None or gligen[0] != "position":
+            return {}
+        return {"gligen": gligen[1], **gligen[1].unet_inputs(gligen[2], batch, height, width)}
 
     def apply_model(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                     concat: torch.Tensor | None = None, *, interrupt: Interrupt | None = None,
@@ -253,18 +265,21 @@ class UNetModel:
         if x.shape[1] != self.in_channels:
             raise ValueError(f"the model takes {self.in_channels} input channels, got {x.shape[1]}")
         batch = x.shape[0]
-        with self.patched() as unet:
+        gligen = extra.get("gligen")
+        with self.patched() as unet, gligen.attached(unet) if gligen is not None else contextlib.nullcontext():
             device, dtype = module_device_dtype(unet)
 
             def run(rows: slice) -> torch.Tensor:
                 rows_of = {k: batch_rows(v, rows, batch).to(device, dtype) for k, v in extra.items()
                            if isinstance(v, torch.Tensor)}
                 class_labels = rows_of.pop("class_labels", None)
+                boxes = {name: rows_of.pop(f"gligen_{key}") for name, key in GLIGEN_INPUTS.items() if gligen}
                 added = rows_of if self.sdxl is not None else None
                 with torch.no_grad():
                     out = unet(x[rows].to(device, dtype), batch_rows(t, rows, batch).to(device),
                                encoder_hidden_states=batch_rows(context, rows, batch).to(device, dtype),
-                               class_labels=class_labels, added_cond_kwargs=added, return_dict=False)[0]
+                               class_labels=class_labels, added_cond_kwargs=added,
+                               cross_attention_kwargs={"gligen": boxes} if gligen else None, return_dict=False)[0]
                 return out.to(x_in.device, torch.float32)
 
             per_call = rows_per_call(x.shape[-2] * x.shape[-1], device_budget(UNET_CALL_PIXELS, device))

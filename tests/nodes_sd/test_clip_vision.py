@@ -242,3 +242,21 @@ def test_unclip_class_labels_follow_comfyuis_formula(env, files):
     assert torch.allclose(prepared[0][1]["unclip_adm"], expected, atol=1e-5)
     assert torch.equal(model.prepare_conditioning([[cond[0][0], {}]], seed=3)[0][1]["unclip_adm"],
                        torch.zeros(1, 2 * PROJECTION_DIM))
+
+
+def test_object_info_has_comfyuis_inputs(env):
+    info = env.registry.object_info()
+    assert info["CLIPVisionEncode"]["input"]["required"]["crop"] == [["center", "none"], {"default": "center"}]
+    assert info["unCLIPCheckpointLoader"]["output"] == ["MODEL", "CLIP", "VAE", "CLIP_VISION"]
+    unclip = info["unCLIPConditioning"]["input"]["required"]
+    assert list(unclip) == ["conditioning", "clip_vision_output", "strength", "noise_augmentation"]
+    assert unclip["strength"][1] == {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
+    assert unclip["noise_augmentation"][1] == {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}
+    style = info["StyleModelApply"]["input"]["required"]
+    assert list(style) == ["conditioning", "style_model", "clip_vision_output", "strength", "strength_type"]
+    boxes = info["GLIGENTextBoxApply"]["input"]["required"]
+    assert list(boxes) == ["conditioning_to", "clip", "gligen_textbox_model", "text", "width", "height", "x", "y"]
+    assert boxes["width"][1] == {"default": 64, "min": 8, "max": 16384, "step": 8}
+    for loader, folder_input in (("CLIPVisionLoader", "clip_name"), ("StyleModelLoader", "style_model_name"),
+                                 ("GLIGENLoader", "gligen_name")):
+        assert list(info[loader]["input"]["required"]) == [folder_input]

@@ -101,3 +101,37 @@ def write_unclip_checkpoint(path: Path, seed: int = 50) -> CLIPVisionModelWithPr
     sd["noise_augmentor.alphas_cumprod"] = alphas
     write_safetensors(path, sd, metadata)
     return vision
+
+
+def gated_reference_unet(base, seed: int = 60):
+    """diffusers' own GLIGEN UNet (`attention_type="gated"`) with `base`'s weights and random gated layers of one
+    64-channel-or-narrower head each (the loader's head rule for non-SD1 widths)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention import GatedSelfAttentionDense
+
+    from nodes.gligen import transformer_blocks
+
+    config = {k: v for k, v in base.config.items() if k != "_use_default_values"}  # else defaults win again
+    gated = UNet2DConditionModel.from_config({**config, "attention_type": "gated"})
+    missing, unexpected = gated.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(".fuser." in k or k.startswith("position_net.") for k in missing)
+    context = base.config.cross_attention_dim
+    for block in transformer_blocks(gated):
+        dim = block.norm1.normalized_shape[0]
+        block.fuser = GatedSelfAttentionDense(dim, context, max(1, dim // 64), dim // max(1, dim // 64))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in gated.named_parameters():
+            if ".fuser." in name or name.startswith("position_net."):
+                p.copy_(torch.randn(p.shape, generator=g) * (0.8 if name.endswith(("alpha_attn", "alpha_dense"))
+                                                               else 0.2))
+    return gated.eval()
+
+
+def gligen_file_weights(gated) -> dict[str, torch.Tensor]:
+    """A gated UNet's GLIGEN layers in the GLIGEN file layout (LDM block names, `position_net.*`)."""
+    from nodes.models.ldm_layout import unet_to_original
+
+    sd = gated.state_dict()
+    fusers = unet_to_original({k: v for k, v in sd.items() if ".fuser." in k}, gated.config.layers_per_block)
+    return {**fusers, **{k: v for k, v in sd.items() if k.startswith("position_net.")}}
