@@ -36,6 +36,8 @@ REFINER_POOLED_DIM = 1280
 FALLBACK_TILE = 64
 FALLBACK_OVERLAP = 16
 MIN_FALLBACK_TILE = 8
+# position_net argument -> extra_conds key suffix of GLIGEN boxes
+GLIGEN_INPUTS = {"boxes": "boxes", "masks": "masks", "positive_embeddings": "embeddings"}
 
 
 # A module, or a reference with `.module()` (the live module, reloaded if evicted) and `.config` (e.g. ModelRef).
@@ -162,6 +164,9 @@ class UNetModel:
     # Guidance hooks (nodes.samplers.guidance): pre-cfg / cfg / post-cfg / denoise-mask functions of a sampling run,
     # read by the sampler (`ksample`) and applied where cfg combines cond and uncond (`conds.guided_x0`).
     guidance: tuple = ()
+    # unCLIP models: the image-embedding noise augmentor (nodes.unclip.NoiseAugmentor); its output enters the UNet
+    # as `class_labels`.
+    unclip: Any = None
 
     def with_weight_patch(self, patch: Any) -> UNetModel:
         """A new handle with one more weight patch (the cached base module is not touched)."""
@@ -225,15 +230,41 @@ class UNetModel:
         dim = self.unet_source.config.cross_attention_dim
         return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
 
+    def prepare_conditioning(self, conditioning: list, seed: int) -> list:
+        """Per-run work on a CONDITIONING before sampling: an unCLIP model's class labels from each entry's
+        unCLIP records, noised with the sampler's seed (entries are copied, never changed)."""
+        if self.unclip is None:
+            return conditioning
+        return [[cond, {**extras, "unclip_adm": self.unclip_adm(extras, seed)}] for cond, extras in conditioning]
+
+    def unclip_adm(self, cond_dict: dict, seed: int = 0) -> torch.Tensor:
+        records = cond_dict.get("unclip_conditioning")
+        if not records:
+            return torch.zeros(1, 2 * self.unclip.dim)
+        return self.unclip.adm(records, seed)
+
     def extra_conds(self, cond_dict: dict, batch: int, height: int, width: int) -> dict:
+        extra = self._gligen_conds(cond_dict, batch, height, width)
+        if self.unclip is not None:
+            adm = cond_dict.get("unclip_adm")
+            extra["class_labels"] = repeat_to_batch(adm if adm is not None else self.unclip_adm(cond_dict), batch)
+            return extra
         if self.sdxl is None:
-            return {}
+            return extra
         pooled = cond_dict.get("pooled_output")
         if pooled is None:
             pooled = torch.zeros(1, self.sdxl.pooled_dim)
         pooled = repeat_to_batch(pooled.reshape(-1, pooled.shape[-1]).to(torch.float32), batch)
         ids = torch.tensor(sdxl_time_ids(cond_dict, height, width, self.sdxl.time_ids), dtype=torch.float32)
-        return {"text_embeds": pooled, "time_ids": ids.unsqueeze(0).repeat(batch, 1)}
+        return {**extra, "text_embeds": pooled, "time_ids": ids.unsqueeze(0).repeat(batch, 1)}
+
+    @staticmethod
+    def _gligen_conds(cond_dict: dict, batch: int, height: int, width: int) -> dict:
+        """GLIGEN boxes (nodes.gligen): the model to attach for the call and its position_net inputs."""
+        gligen = cond_dict.get("gligen")
+        if gligen is None or gligen[0] != "position":
+            return {}
+        return {"gligen": gligen[1], **gligen[1].unet_inputs(gligen[2], batch, height, width)}
 
     def apply_model(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                     concat: torch.Tensor | None = None, *, interrupt: Interrupt | None = None,
@@ -249,19 +280,25 @@ class UNetModel:
         batch = x.shape[0]
         if control is not None:
             control.check_model(self)
-        with self.patched() as unet:
+        gligen = extra.get("gligen")
+        with self.patched() as unet, gligen.attached(unet) if gligen is not None else contextlib.nullcontext():
             device, dtype = module_device_dtype(unet)
 
             def run(rows: slice) -> torch.Tensor:
-                added = {k: batch_rows(v, rows, batch).to(device, dtype) for k, v in extra.items()} \
-                    if self.sdxl is not None else None
+                rows_of = {k: batch_rows(v, rows, batch).to(device, dtype) for k, v in extra.items()
+                           if isinstance(v, torch.Tensor)}
+                class_labels = rows_of.pop("class_labels", None)
+                boxes = {name: rows_of.pop(f"gligen_{key}") for name, key in GLIGEN_INPUTS.items() if gligen}
+                added = rows_of if self.sdxl is not None else None
                 steps = batch_rows(t, rows, batch).to(device)
                 hidden = batch_rows(context, rows, batch).to(device, dtype)
                 residuals = {} if control is None else \
                     control.unet_kwargs(rows, x_in[rows].to(device, dtype), steps, hidden, added, dtype)
                 with torch.no_grad():
                     out = unet(x[rows].to(device, dtype), steps, encoder_hidden_states=hidden,
-                               added_cond_kwargs=added, return_dict=False, **residuals)[0]
+                               class_labels=class_labels, added_cond_kwargs=added,
+                               cross_attention_kwargs={"gligen": boxes} if gligen else None, return_dict=False,
+                               **residuals)[0]
                 return out.to(x_in.device, torch.float32)
 
             per_call = rows_per_call(x.shape[-2] * x.shape[-1], device_budget(UNET_CALL_PIXELS, device))

@@ -7,6 +7,7 @@ not the modules: cheap to cache, and an evicted model is reloaded when a cached 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,10 +64,16 @@ def model_handle(loaded: Any, manager: Any, preview_vae: VaeModel | None = None)
         return None
     family = loaded.family
     latent_space = LATENT_SPACE.get(family.base, "custom")
-    return UNetModel.build(_source(loaded.unet, manager), prediction=PREDICTION[loaded.prediction_type],
-                           latent_scale_factor=loaded.latent_scale_factor, family=family.name,
-                           latent_space=latent_space, manager=manager,
-                           preview_vae=preview_vae if latent_space == "custom" else None)
+    handle = UNetModel.build(_source(loaded.unet, manager), prediction=PREDICTION[loaded.prediction_type],
+                             latent_scale_factor=loaded.latent_scale_factor, family=family.name,
+                             latent_space=latent_space, manager=manager,
+                             preview_vae=preview_vae if latent_space == "custom" else None)
+    if family.variant == "unclip":
+        from .unclip import load_noise_augmentor
+
+        adm_channels = int(loaded.unet.config.projection_class_embeddings_input_dim)
+        handle = dataclasses.replace(handle, unclip=load_noise_augmentor(loaded.path, adm_channels))
+    return handle
 
 
 def clip_handle(text_encoders: list, family_base: str, services: Any) -> Any:

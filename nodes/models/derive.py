@@ -47,7 +47,7 @@ def derive_unet_config(base: Mapping, s: UnetStructure, head_rule: str) -> dict:
     if s.linear_projection is not None:
         config["use_linear_projection"] = s.linear_projection
     if s.adm_in_channels is not None:
-        if config.get("addition_embed_type") != "text_time":
+        if config.get("addition_embed_type") != "text_time" and config.get("class_embed_type") != "projection":
             raise ModelFileError("UNet has an ADM input (label_emb) but the family config has none")
         config["projection_class_embeddings_input_dim"] = s.adm_in_channels
     if head_rule == "head_dim_64":

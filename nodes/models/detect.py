@@ -2,8 +2,9 @@
 
 Rules (all structural, so shrunken test models of a family are detected like the real ones):
 - base, from the UNet: ``label_emb`` (ADM input) present -> SDXL; then 3 resolution levels with attention on
-  levels (-, x, x) -> SDXL base, 4 levels (-, x, x, -) -> SDXL refiner. Without ``label_emb``: 4 levels with
-  attention (x, x, x, -) and a linear ``proj_in`` -> SD2, a 1x1-conv ``proj_in`` -> SD1.
+  levels (-, x, x) -> SDXL base, 4 levels (-, x, x, -) -> SDXL refiner, (x, x, x, -) with a linear ``proj_in``
+  -> SD2.1 unCLIP (variant "unclip"). Without ``label_emb``: 4 levels with attention (x, x, x, -) and a linear
+  ``proj_in`` -> SD2, a 1x1-conv ``proj_in`` -> SD1.
 - the text-encoder key layout must agree when present (SD1 ``cond_stage_model.transformer``, SD2
   ``cond_stage_model.model``, SDXL ``conditioner.embedders.0.transformer`` + ``.1.model``, refiner
   ``conditioner.embedders.0.model``).
@@ -45,6 +46,7 @@ _FAMILY_BY_BASE_VARIANT = {
     ("sd2", "normal"): "sd2",
     ("sd2", "inpaint"): "sd2_inpaint",
     ("sd2", "depth"): "sd2_depth",
+    ("sd2", "unclip"): "sd2_unclip",
     ("sdxl", "normal"): "sdxl",
     ("sdxl", "inpaint"): "sdxl_inpaint",
     ("sdxl_refiner", "normal"): "sdxl_refiner",
@@ -156,7 +158,7 @@ def unet_structure(sd: Mapping[str, torch.Tensor], encoder_only: bool = False) -
 
 def base_from_unet(s: UnetStructure) -> str | None:
     if s.adm_in_channels is not None:
-        candidates = ("sdxl", "sdxl_refiner")
+        candidates = ("sdxl", "sdxl_refiner", "sd2") if s.linear_projection else ("sdxl", "sdxl_refiner")
     elif s.linear_projection is True:
         candidates = ("sd2",)
     elif s.linear_projection is False:
@@ -167,6 +169,8 @@ def base_from_unet(s: UnetStructure) -> str | None:
 
 
 def variant_from_channels(s: UnetStructure) -> str | None:
+    if s.adm_in_channels is not None and s.attention_levels == _ATTENTION_PATTERNS["sd2"]:
+        return "unclip" if s.in_channels == s.out_channels else None
     if s.in_channels == s.out_channels:
         return "normal"
     if s.in_channels == 2 * s.out_channels + 1:
@@ -261,7 +265,7 @@ def _decide_prediction(family, unet_sd, s, full_sd, metadata, prediction_hint, f
     marked = prediction_from_markers(full_sd, metadata)
     if marked is not None:
         return marked
-    if family.name == "sd2":
+    if family.name in ("sd2", "sd2_unclip"):
         if sd2_v_heuristic(unet_sd, s):
             return "v_prediction", "heuristic (norm bias std > 0.09)"
         return "epsilon", "heuristic (norm bias std <= 0.09)"

@@ -102,6 +102,8 @@ FAMILIES: dict[str, Family] = {
         Family("sd2_v", "sd2", "normal", V, SD, 4, SD2_TEXT, "StableDiffusionPipeline", 768, H64),
         Family("sd2_inpaint", "sd2", "inpaint", EPS, SD, 9, SD2_TEXT, "StableDiffusionInpaintPipeline", 512, H64),
         Family("sd2_depth", "sd2", "depth", EPS, SD, 5, SD2_TEXT, "StableDiffusionDepth2ImgPipeline", 512, H64),
+        # SD2.1 unCLIP: image embeddings + their noise level enter as class labels (the LDM `label_emb`)
+        Family("sd2_unclip", "sd2", "unclip", V, SD, 4, SD2_TEXT, "StableUnCLIPImg2ImgPipeline", 768, H64),
         Family("sdxl", "sdxl", "normal", EPS, XL, 4, SDXL_TEXT, "StableDiffusionXLPipeline", 1024, H64),
         Family("sdxl_inpaint", "sdxl", "inpaint", EPS, XL, 9, SDXL_TEXT, "StableDiffusionXLInpaintPipeline", 1024, H64),
         Family("sdxl_refiner", "sdxl_refiner", "refiner", EPS, XL, 4, REFINER_TEXT, "StableDiffusionXLImg2ImgPipeline",

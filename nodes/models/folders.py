@@ -35,6 +35,9 @@ DEFAULT_FOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "diffusers": (("diffusers",), ()),  # only diffusers-format folders
     "vae_approx": (("vae_approx",), MODEL_EXTENSIONS),
     "clipseg": (("clipseg",), ()),  # transformers CLIPSeg folders (config.json + weights + processor files)
+    "clip_vision": (("clip_vision",), MODEL_EXTENSIONS),
+    "style_models": (("style_models",), MODEL_EXTENSIONS),
+    "gligen": (("gligen",), MODEL_EXTENSIONS),
 }
 FOLDER_ALIASES = {"clip": "text_encoders", "unet": "diffusion_models"}
 

@@ -35,7 +35,7 @@ from .errors import ModelFileError
 log = logging.getLogger(__name__)
 
 VRAM_RESERVE_BYTES = 1 << 30
-HALF_PRECISION_COMPONENTS = ("unet", "text_encoder", "controlnet")
+HALF_PRECISION_COMPONENTS = ("unet", "text_encoder", "controlnet", "clip_vision", "style_model", "gligen")
 
 
 def module_bytes(module: torch.nn.Module) -> int:
@@ -333,6 +333,13 @@ class ModelManager:
     def load_vae(self, path: str | Path) -> AutoencoderKL:
         key = ("vae", str(Path(path).resolve()))
         return self.get(key, lambda: single_file.load_vae(path, self._load_dtype()), "vae")
+
+    def load_file_module(self, kind: str, path: str | Path, build: Callable[..., torch.nn.Module],
+                         component: str | None = None) -> torch.nn.Module:
+        """The module `build(path, dtype)` makes from a model file, cached under (kind, path); `kind` names what it
+        is (several kinds may come from one file, e.g. an unCLIP checkpoint's CLIP vision tower)."""
+        key = (kind, str(Path(path).resolve()))
+        return self.get(key, lambda: build(path, self._load_dtype()), component)
 
     def load_text_encoder(self, path: str | Path, kind: str | None = None) -> TextEncoder:
         key = ("text_encoder", str(Path(path).resolve()), kind)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as _load_safetensors
 from safetensors.torch import save_file as _save_safetensors
 
@@ -47,6 +47,29 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if suffix in SAFETENSORS_EXTENSIONS:
         return _read_safetensors(path)
     return _read_pickle(path)
+
+
+def tensor_names(path: str | Path) -> list[str]:
+    """The tensor keys of a weight file (a safetensors file: from its header only)."""
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_EXTENSIONS:
+        return list(read_state_dict(path)[0])
+    return [k for k in _read_safetensors_header(path) if k != "__metadata__"]
+
+
+def read_prefixed(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Only the tensors whose keys start with ``prefix`` (keys kept whole): a safetensors file reads just those,
+    a pickle file is read whole."""
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_EXTENSIONS:
+        sd, _ = read_state_dict(path)
+        return {k: v for k, v in sd.items() if k.startswith(prefix)}
+    names = [k for k in tensor_names(path) if k.startswith(prefix)]
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {name: f.get_tensor(name) for name in names}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{path.name}: truncated or corrupt safetensors file: {e}") from e
 
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:

@@ -138,7 +138,15 @@ def _compatible(a: CondPass, b: CondPass, x: torch.Tensor) -> bool:
         return False
     if a.extra.keys() != b.extra.keys() or a.control is not b.control:
         return False
-    return all(getattr(a.extra[k], "shape", None) == getattr(b.extra[k], "shape", None) for k in a.extra)
+    for key, value in a.extra.items():
+        other = b.extra[key]
+        if isinstance(value, torch.Tensor) != isinstance(other, torch.Tensor):
+            return False
+        if not isinstance(value, torch.Tensor) and value is not other:  # e.g. a GLIGEN model: one per call
+            return False
+        if isinstance(value, torch.Tensor) and value.shape != other.shape:
+            return False
+    return True
 
 
 def group_passes(passes: list[CondPass], x: torch.Tensor) -> list[list[CondPass]]:

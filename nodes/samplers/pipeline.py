@@ -248,6 +248,9 @@ def ksample(
     else:
         noise = prepare_noise(latent["samples"].float(), seed, latent.get("batch_index")).to(device)
     latent_in = _latent_to_model(model, samples)
+    prepare = getattr(model, "prepare_conditioning", None)  # e.g. unCLIP: image embeddings noised with the seed
+    if prepare is not None:
+        positive, negative = prepare(positive, seed), prepare(negative, seed)
 
     denoise_mask = None
     inpaint = None

@@ -27,6 +27,7 @@ EXPECTED = {
     "sd2_v": ("v_prediction", 0.18215, 4, ("open_clip_h",)),
     "sd2_inpaint": ("epsilon", 0.18215, 9, ("open_clip_h",)),
     "sd2_depth": ("epsilon", 0.18215, 5, ("open_clip_h",)),
+    "sd2_unclip": ("v_prediction", 0.18215, 4, ("open_clip_h",)),
     "sdxl": ("epsilon", 0.13025, 4, ("clip_l", "open_clip_g")),
     "sdxl_inpaint": ("epsilon", 0.13025, 9, ("clip_l", "open_clip_g")),
     "sdxl_refiner": ("epsilon", 0.13025, 4, ("open_clip_g",)),
@@ -38,6 +39,8 @@ def _unet_inputs(unet, text_width: int):
     sample = torch.randn(1, unet.config.in_channels, 8, 8, generator=g)
     context = torch.randn(1, 5, unet.config.cross_attention_dim, generator=g)
     extra = {}
+    if unet.config.class_embed_type == "projection":  # unCLIP: image embedding + noise level as class labels
+        extra["class_labels"] = torch.randn(1, unet.config.projection_class_embeddings_input_dim, generator=g)
     if unet.config.addition_embed_type == "text_time":
         n_ids = (unet.config.projection_class_embeddings_input_dim - text_width) // unet.config.addition_time_embed_dim
         extra["added_cond_kwargs"] = {"text_embeds": torch.randn(1, text_width, generator=g),
