@@ -157,6 +157,7 @@ class UNetModel:
     manager: Any = None
     preview_vae: VaeModel | None = None
     sdxl: SdxlConditioning | None = field(default=None)
+    latent_stats: Any = None  # samplers.latent_format.LatentStats: per-channel normalisation (Playground v2.5)
     weight_patches: tuple = ()  # nodes.lora AppliedLora / AppliedMerge, applied in order while the model runs
     # Behaviour patches of the live module (FreeU, attention scaling, …): objects with `applied(unet)`, a context
     # manager that changes this UNet instance for the block and undoes it after; applied in order, after the weights.
@@ -208,8 +209,9 @@ class UNetModel:
 
     @classmethod
     def build(cls, unet: ModuleSource, *, prediction: str, latent_scale_factor: float, family: str,
-              latent_space: str, manager: Any = None, preview_vae: VaeModel | None = None) -> UNetModel:
-        return cls(unet_source=unet, model_sampling=ModelSamplingDiscrete(prediction=prediction),
+              latent_space: str, manager: Any = None, preview_vae: VaeModel | None = None,
+              zsnr: bool = False) -> UNetModel:
+        return cls(unet_source=unet, model_sampling=ModelSamplingDiscrete(prediction=prediction, zsnr=zsnr),
                    latent_scale_factor=float(latent_scale_factor), in_channels=int(unet.config.in_channels),
                    latent_space=latent_space, family=family, manager=manager, preview_vae=preview_vae,
                    sdxl=sdxl_conditioning_of(unet))

@@ -67,7 +67,8 @@ def model_handle(loaded: Any, manager: Any, preview_vae: VaeModel | None = None)
     handle = UNetModel.build(_source(loaded.unet, manager), prediction=PREDICTION[loaded.prediction_type],
                              latent_scale_factor=loaded.latent_scale_factor, family=family.name,
                              latent_space=latent_space, manager=manager,
-                             preview_vae=preview_vae if latent_space == "custom" else None)
+                             preview_vae=preview_vae if latent_space == "custom" else None,
+                             zsnr=getattr(loaded.detection, "zsnr", False))
     if family.variant == "unclip":
         from .unclip import load_noise_augmentor
 

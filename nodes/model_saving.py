@@ -75,7 +75,7 @@ def save_model_file(ctx: Any, prefix: str, model: Any, clip: Any = None, vae: An
         encoders = stack.enter_context(clip.patched()) if clip is not None else {}
         texts = [encoders[clip.slot_of(r)] for r in clip.roles] if clip is not None else []
         save_checkpoint(path, unet, vae.vae if vae is not None else None, texts, model.family, metadata=metadata,
-                        prediction_type=prediction)
+                        prediction_type=prediction, zsnr=getattr(model.model_sampling, "zsnr", False))
     return path
 
 

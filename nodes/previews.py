@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from PIL import Image as PILImage
 
+from .samplers.latent_format import latent_from_model
+
 # (factors [4 latent channels × RGB], bias RGB) per latent space.
 LATENT_RGB: dict[str, tuple[tuple[tuple[float, float, float], ...], tuple[float, float, float]]] = {
     "sd1": (
@@ -64,7 +66,7 @@ def preview_image(model: Any, x0: torch.Tensor) -> PILImage.Image | None:
         vae = getattr(model, "preview_vae", None)
         if vae is None or first.shape[-1] * first.shape[-2] > CHEAP_DECODE_AREA:
             return None
-        rgb = vae.decode((first / model.latent_scale_factor).unsqueeze(0))[0]
+        rgb = vae.decode(latent_from_model(model, first.unsqueeze(0)))[0]
     return to_pil(rgb)
 
 

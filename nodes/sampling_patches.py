@@ -8,19 +8,23 @@ block's self-attention perturbed or observed (`nodes.samplers.attention_guidance
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, ClassVar
 
 from graphengine import Boolean, Combo, Float, Node, Output
 
 from .model_patches.mid_attention import IdentityMidSelfAttention, MidAttentionRecorder
 from .samplers import attention_guidance, guidance
+from .samplers.latent_format import PLAYGROUND_V25_SCALE, PLAYGROUND_V25_STATS
 from .samplers import model_sampling as schedules  # its classes share names with the nodes below
 from .types import Model
 
 # combo value -> the sampling layer's prediction name
 DISCRETE_PREDICTIONS = {"eps": "eps", "v_prediction": "v", "lcm": "lcm", "x0": "x0", "img_to_img": "img_to_img"}
-# combo value -> (prediction, sigma_data); ComfyUI's edm_playground_v2.5 and cosmos_rflow are not offered
-EDM_PREDICTIONS = {"v_prediction": ("v", 1.0), "edm": ("edm", 0.5), "eps": ("eps", 1.0)}
+# combo value -> (prediction, sigma_data), in ComfyUI's order; edm_playground_v2.5 also sets Playground v2.5's
+# latent format; cosmos_rflow belongs to Cosmos models (not an SD family) and is refused when run
+EDM_PREDICTIONS = {"v_prediction": ("v", 1.0), "edm": ("edm", 0.5), "edm_playground_v2.5": ("edm", 0.5),
+                   "eps": ("eps", 1.0), "cosmos_rflow": None}
 SigmaBound = Float(min=0.0, max=1000.0, step=0.001, round=False)
 
 
@@ -67,9 +71,16 @@ class ModelSamplingContinuousEDM(Node):
         return True
 
     def execute(self, ctx) -> tuple:
+        if self.PREDICTIONS[self.sampling] is None:
+            raise ValueError(f"{type(self).__name__}: sampling {self.sampling!r} is for Cosmos video models, a model "
+                             "family this engine does not support")
         prediction, sigma_data = self.PREDICTIONS[self.sampling]
         sampling = self.SCHEDULE(prediction, self.sigma_min, self.sigma_max, sigma_data)
-        return (_model(self.model, type(self).__name__).with_model_sampling(sampling),)
+        model = _model(self.model, type(self).__name__).with_model_sampling(sampling)
+        if self.sampling == "edm_playground_v2.5":
+            model = dataclasses.replace(model, latent_scale_factor=PLAYGROUND_V25_SCALE,
+                                        latent_stats=PLAYGROUND_V25_STATS)
+        return (model,)
 
 
 class ModelSamplingContinuousV(ModelSamplingContinuousEDM):

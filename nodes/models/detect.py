@@ -98,6 +98,7 @@ class Detection:
     text_encoder_kinds: tuple[str, ...]
     has_vae: bool
     custom_config: dict | None = None
+    zsnr: bool = False  # a ``ztsnr`` marker key: the schedule is rescaled to zero terminal SNR
 
 
 def normalize_prediction_type(value: str) -> str:
@@ -201,9 +202,12 @@ def _unknown(
     return UnknownModelError(f"{what}; found {'; '.join(found)}")
 
 
+V_PRED_MARKER, ZSNR_MARKER = "v_pred", "ztsnr"  # empty tensors that ComfyUI's CheckpointSave writes
+
+
 def prediction_from_markers(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str] | None:
     """(prediction_type, source) from explicit markers in the file, or None."""
-    if "v_pred" in sd:
+    if V_PRED_MARKER in sd:
         return "v_prediction", "v_pred key"
     for key in ("graphengine.prediction_type", "modelspec.prediction_type"):
         if key in metadata:
@@ -254,7 +258,8 @@ def detect_unet(unet_sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
     prediction, source = _decide_prediction(family, unet_sd, s, full_sd, metadata, prediction_hint, family_hint)
     if family.name == "sd2" and prediction == "v_prediction":
         family = FAMILIES["sd2_v"]
-    return Detection(family, prediction, source, s, encoder_kinds, any(k.startswith(VAE_PREFIX) for k in full_sd))
+    return Detection(family, prediction, source, s, encoder_kinds, any(k.startswith(VAE_PREFIX) for k in full_sd),
+                     zsnr=ZSNR_MARKER in full_sd)
 
 
 def _decide_prediction(family, unet_sd, s, full_sd, metadata, prediction_hint, family_hint) -> tuple[str, str]:
@@ -284,7 +289,8 @@ def detect_checkpoint(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str
         prediction, source = (normalize_prediction_type(prediction_hint), "hint") if prediction_hint else (
             marked or (family.prediction_type, "custom config"))
         has_vae = any(k.startswith(VAE_PREFIX) for k in sd)
-        return Detection(family, prediction, source, None, family.text_encoder_kinds, has_vae, config)
+        return Detection(family, prediction, source, None, family.text_encoder_kinds, has_vae, config,
+                         zsnr=ZSNR_MARKER in sd)
     if family_hint == "custom":
         raise ModelFileError(f"family 'custom' needs the {CUSTOM_CONFIG_KEY!r} metadata entry, which this file lacks")
     unet_sd = strip_prefix(sd, UNET_PREFIX)

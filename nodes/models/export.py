@@ -24,7 +24,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .build import TextEncoder, TextModel
-from .detect import normalize_prediction_type
+from .detect import V_PRED_MARKER, ZSNR_MARKER, normalize_prediction_type
 from .errors import ModelFileError
 from .families import (
     CUSTOM_CONFIG_KEY, ENCODER_LAYOUTS, FAMILIES, UNET_PREFIX, VAE_PREFIX, Family, TextEncoderSpec, get_family,
@@ -107,10 +107,11 @@ def original_state_dict(unet: UNet2DConditionModel | None, vae: AutoencoderKL | 
 def save_checkpoint(path: str | Path, unet: UNet2DConditionModel | None, vae: AutoencoderKL | None,
                     text_encoders: Sequence[TextEncoder | TextModel], family: str | Family,
                     metadata: Mapping[str, str] | None = None, dtype: torch.dtype | None = None,
-                    prediction_type: str | None = None) -> Path:
+                    prediction_type: str | None = None, zsnr: bool = False) -> Path:
     """Write one original-layout single file (``.safetensors``/``.sft``; ``.ckpt``/``.pt``/``.pth`` as a
     ``{"state_dict": ...}`` torch archive). ``family="custom"`` embeds the configs (safetensors only).
-    ``text_encoders`` are TextEncoder objects or bare CLIP models, in the family's slot order."""
+    ``text_encoders`` are TextEncoder objects or bare CLIP models, in the family's slot order.
+    A v-prediction model gets ComfyUI's empty ``v_pred`` marker tensor, a zero-terminal-SNR one ``ztsnr``."""
     path = Path(path)
     models = [te.model if isinstance(te, TextEncoder) else te for te in text_encoders]
     name = family.name if isinstance(family, Family) else family
@@ -131,6 +132,10 @@ def save_checkpoint(path: str | Path, unet: UNet2DConditionModel | None, vae: Au
     meta["graphengine.prediction_type"] = prediction
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     tensors = original_state_dict(unet, vae, models, specs)
+    if prediction == "v_prediction":
+        tensors[V_PRED_MARKER] = torch.tensor([])
+    if zsnr:
+        tensors[ZSNR_MARKER] = torch.tensor([])
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     suffix = path.suffix.lower()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .conds import controls_for_uncond, guided_x0, repeat_to_batch, resize_mask
 from .guidance import RunGuidance
+from .latent_format import latent_from_model, latent_to_model
 from .model_sampling import ModelSampling
 from .noise import SEED_LIMIT, prepare_noise
 from .schedules import advanced_trim, ksampler_sigmas
@@ -66,6 +67,7 @@ def build_concat(
     latent_scale_factor: float,
     latent_in: torch.Tensor | None,
     denoise_mask: torch.Tensor | None,
+    to_model: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """Extra input channels for inpaint (9) and depth (5) UNets, [B, k, h, w]; None for 4-channel models.
 
@@ -83,7 +85,8 @@ def build_concat(
         return None
     image = cond_dict.get("concat_latent_image")
     if image is not None:
-        image = image.to(torch.float32) * latent_scale_factor
+        image = image.to(torch.float32)
+        image = to_model(image) if to_model is not None else image * latent_scale_factor
     elif latent_in is not None:
         image = latent_in
     else:
@@ -145,6 +148,7 @@ class GuidedDenoiser:
             latent_scale_factor=self.model.latent_scale_factor,
             latent_in=self.latent_in,
             denoise_mask=self.denoise_mask,
+            to_model=lambda samples: latent_to_model(self.model, samples),
         )
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, return_uncond: bool = False, **_: Any):
@@ -207,7 +211,7 @@ def _latent_to_model(model, samples: torch.Tensor) -> torch.Tensor:
     # An all-zero (empty) latent is passed through unscaled, like ComfyUI.
     if torch.count_nonzero(samples) == 0:
         return samples
-    return samples * model.latent_scale_factor
+    return latent_to_model(model, samples)
 
 
 def ksample(
@@ -286,7 +290,7 @@ def ksample(
         **(sampler_options or {}),
     )
     out = ms.inverse_noise_scaling(sigmas[-1], out)
-    return dict(latent, samples=(out / model.latent_scale_factor).to(latent["samples"].device))
+    return dict(latent, samples=latent_from_model(model, out).to(latent["samples"].device))
 
 
 def ksample_advanced(

@@ -318,3 +318,23 @@ def test_a_custom_family_checkpoint_saves_with_its_configs_and_not_as_a_lone_mod
         "ModelSave", model=["d", 0], filename_prefix="diffusion_models/custom_alone")})
     assert alone.status == "error" and "CheckpointSave" in alone.error["exception_message"]
     assert not saved(env, "diffusion_models", "custom_alone")
+
+
+def test_checkpoint_save_marks_v_prediction_and_zsnr_and_loading_honours_the_marks(env):
+    extra = {"ms": node("ModelSamplingDiscrete", model=["a", 0], sampling="v_prediction", zsnr=True),
+             "save": node("CheckpointSave", model=["ms", 0], clip=["a", 1], vae=["a", 2],
+                          filename_prefix="checkpoints/vzsnr")}
+    patched = run(Executor(env.registry), sampled(["ms", 0], extra=extra))
+    [saved_file] = saved(env, "checkpoints", "vzsnr")
+    with safe_open(str(saved_file), "pt") as f:
+        assert f.get_tensor("v_pred").numel() == 0 and f.get_tensor("ztsnr").numel() == 0
+        assert f.metadata()["modelspec.predict_key"] == "v"
+    shutil.copy(saved_file, env.base / "models" / "checkpoints" / "vzsnr.safetensors")
+    nodes = sampled(["a", 0])
+    nodes["a"]["inputs"]["ckpt_name"] = "vzsnr.safetensors"
+    loaded = run(Executor(env.registry), nodes)
+    sampling, expected = loaded["model"].model_sampling, patched["model"].model_sampling
+    assert sampling.prediction == "v" and sampling.zsnr
+    assert torch.equal(sampling.sigmas, expected.sigmas)  # the zero-terminal-SNR table, not the plain one
+    plain = run(Executor(env.registry), sampled(["a", 0]))["model"].model_sampling
+    assert plain.prediction == "eps" and not plain.zsnr and not torch.equal(plain.sigmas, sampling.sigmas)

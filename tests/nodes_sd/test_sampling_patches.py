@@ -149,3 +149,36 @@ def test_differential_diffusion_keeps_a_hard_mask_and_reshapes_a_soft_one(env):
     assert not torch.equal(run(dd, soft), run(None, soft))
     half = node("DifferentialDiffusion", strength=0.5)
     assert not torch.equal(run(half, soft), run(dd, soft))
+
+
+def test_playground_v25_sampling_normalises_each_latent_channel_and_cosmos_is_refused(env):
+    from nodes.samplers.pipeline import ksample
+
+    combo = env.registry.object_info()["ModelSamplingContinuousEDM"]["input"]["required"]["sampling"][0]
+    assert combo == ["v_prediction", "edm", "edm_playground_v2.5", "eps", "cosmos_rflow"]
+    graph = {**base_nodes(), "img": load_image(), "enc": node("VAEEncode", pixels=["img", 0], vae=["ckpt", 2]),
+             "pg": node("ModelSamplingContinuousEDM", model=["ckpt", 0], sampling="edm_playground_v2.5",
+                        sigma_max=120.0, sigma_min=0.002),
+             "edm": node("ModelSamplingContinuousEDM", model=["ckpt", 0], sampling="edm", sigma_max=120.0,
+                         sigma_min=0.002),
+             "sample": ksampler(["enc", 0], seed=5, denoise=0.6, model=["pg", 0]),
+             "out": capture(["sample", 0]), "latent": capture(["enc", 0]), "plain": capture(["edm", 0]),
+             "conds": capture(["pos", 0]), "unconds": capture(["neg", 0])}
+    result = Executor(env.registry).execute(graph)
+    assert result.ok, result.error
+    got = {k: v["value"][0] for k, v in result.outputs.items() if "value" in v}
+    mean = torch.tensor([-1.6574, 1.886, -1.383, 2.5155]).view(1, 4, 1, 1)
+    std = torch.tensor([8.4927, 5.9022, 6.5498, 5.2299]).view(1, 4, 1, 1)
+    plain = got["plain"]
+    # the same run on the plain EDM model, fed the latent already in Playground's model units
+    prepared = (got["latent"]["samples"] - mean) * 0.5 / std / plain.latent_scale_factor
+    expected = ksample(plain, seed=5, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal",
+                       positive=got["conds"], negative=got["unconds"], latent={"samples": prepared}, denoise=0.6)
+    expected = expected["samples"] * plain.latent_scale_factor * std / 0.5 + mean
+    # float32 rounding differs between the two routes; std / 0.5 amplifies it up to 17x on the way out
+    assert (got["out"]["samples"] - expected).abs().max() < 2e-4 * expected.abs().max()
+    unnormalised = fresh(env, {**graph, "sample": ksampler(["enc", 0], seed=5, denoise=0.6, model=["edm", 0])})
+    assert not torch.allclose(got["out"]["samples"], unnormalised, atol=1e-3)
+    refused = Executor(env.registry).execute(patched(node("ModelSamplingContinuousEDM", sampling="cosmos_rflow",
+                                                          sigma_max=120.0, sigma_min=0.002)))
+    assert not refused.ok and "Cosmos" in str(refused.error)
