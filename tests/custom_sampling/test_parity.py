@@ -150,7 +150,7 @@ def test_progress_per_step_and_interrupt(env):
             token.cancel()
 
     result = env.run(graph, cancel=token, listener=cancel_at_step_two)
-    assert not result.ok and result.interrupted
+    assert result.status == "interrupted"
 
 
 def test_empty_sigmas_return_the_latent_unchanged(env):
