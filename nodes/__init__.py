@@ -14,6 +14,7 @@ NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image",
                 "model_patches.hypernetwork", "model_patches.tome", "controlnet.nodes", "preprocessors",
                 "upscale", "clipseg", "clip_vision", "style_model", "unclip", "gligen",
                 "custom_sampling",
+                "guidance_patches",
                 )
 
 
