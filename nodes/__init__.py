@@ -12,7 +12,10 @@ NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image",
                 "sampling_patches", "model_merging", "model_saving", "model_patches.freeu", "model_patches.attention",
                 "model_patches.downscale", "model_patches.hypertile",
                 "model_patches.hypernetwork", "model_patches.tome", "controlnet.nodes", "preprocessors",
-                "upscale", "clipseg", "clip_vision", "style_model", "unclip", "gligen")
+                "upscale", "clipseg", "clip_vision", "style_model", "unclip", "gligen",
+                "custom_sampling",
+                "guidance_patches",
+                )
 
 
 def node_classes() -> list[type]:

@@ -80,13 +80,22 @@ def scaled(ext: dict[str, Any] | None, factor: float) -> dict[str, Any] | None:
     return resized(ext, max(1, round(ext["width"] * factor)), max(1, round(ext["height"] * factor)))
 
 
-def sampling(latent_ext: dict[str, Any] | None, steps: int) -> Estimate | None:
-    """A sampler: `steps` UNet passes over the latent (pixel-steps), its output the size of its input."""
+def sampling(latent_ext: dict[str, Any] | None, steps: int, outputs: int = 1) -> Estimate | None:
+    """A sampler: `steps` UNet passes over the latent (pixel-steps), each of its `outputs` latents the size of its
+    input."""
     if latent_ext is None:
         return None
     step_pixels = max(0, steps) * pixels(latent_ext)
-    return made(latent_ext, peak=pixels(latent_ext) * UNET_BYTES_PER_PIXEL, work=step_pixels,
+    return made(*[latent_ext] * outputs, peak=pixels(latent_ext) * UNET_BYTES_PER_PIXEL, work=step_pixels,
                 step_pixels=step_pixels)
+
+
+def sigmas(count: Any, outputs: int = 1) -> Estimate | None:
+    """A SIGMAS vector of `count` noise levels (None when the count is linked, so unknown)."""
+    if not isinstance(count, int):
+        return None
+    ext = {"type": "SIGMAS", "count": max(0, count), "bytes": max(0, count) * FLOAT_BYTES}
+    return Estimate(output_bytes=ext["bytes"] * outputs, extents=(ext,) * outputs)
 
 
 def vae_decode(latent_ext: dict[str, Any] | None, tile: int | None = None) -> Estimate | None:

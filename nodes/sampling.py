@@ -54,13 +54,14 @@ class CancellableModel:
         return self.model.apply_model(*args, interrupt=self.interrupt, **kwargs)
 
 
-def run_sampler(ctx: Any, model: Any, **kwargs: Any) -> dict:
-    """`ksample` with progress per step (and previews when enabled) through the node context."""
+def run_sampler(ctx: Any, model: Any, sample: Callable[..., Any] = ksample, **kwargs: Any) -> Any:
+    """`sample` (`ksample`, or the pipeline's `sample_sigmas`) with progress per step, previews when enabled and
+    cancellation between network calls, through the node context."""
     ctx.check_cancelled()
     method = effective_preview_method(ctx.services, ctx.extra_data)
     with _pinned(model):
-        return ksample(CancellableModel(model, ctx.check_cancelled), callback=make_step_callback(ctx, model, method),
-                       **kwargs)
+        return sample(CancellableModel(model, ctx.check_cancelled), callback=make_step_callback(ctx, model, method),
+                      **kwargs)
 
 
 class KSampler(Node):

@@ -133,6 +133,9 @@ class GuidedDenoiser:
     denoise_mask: torch.Tensor | None = None
     guidance: RunGuidance | None = None  # the model's guidance hooks, bound for this run
     sigmas: torch.Tensor | None = None  # the run's sigmas (for a denoise-mask hook)
+    # A custom guider: predict(model, x, sigma, force_uncond=, concat_for=, guidance=) -> (x0, uncond or None),
+    # used instead of the cfg combination of positive and negative.
+    predict: Callable[..., Any] | None = None
 
     @property
     def model_sampling(self) -> ModelSampling:
@@ -161,33 +164,26 @@ class GuidedDenoiser:
             mask = self.guidance.denoise_mask(sigma, inpaint.mask, self.sigmas, ms)
             inpaint = dataclasses.replace(inpaint, mask=mask)
         x_model = inpaint.model_input(ms, x, sigma) if inpaint is not None else x
-        x0, uncond = guided_x0(
-            self.model,
-            x_model,
-            sigma,
-            self.positive,
-            self.negative,
-            self.cfg,
-            force_uncond=self.force_uncond or return_uncond,
-            concat_for=self._concat_for(x.shape),
-            guidance=self.guidance,
-        )
+        if self.predict is not None:
+            x0, uncond = self.predict(self.model, x_model, sigma, force_uncond=self.force_uncond or return_uncond,
+                                      concat_for=self._concat_for(x.shape), guidance=self.guidance)
+        else:
+            x0, uncond = guided_x0(
+                self.model,
+                x_model,
+                sigma,
+                self.positive,
+                self.negative,
+                self.cfg,
+                force_uncond=self.force_uncond or return_uncond,
+                concat_for=self._concat_for(x.shape),
+                guidance=self.guidance,
+            )
         if inpaint is not None:
             x0 = inpaint.prediction(x0)
         if return_uncond:
             return x0, uncond
         return x0
-
-
-def step_callback_adapter(callback: StepCallback | None, total: int):
-    """Turn the user's callback(step, total, x0, x) into a sampler callback(dict)."""
-    if callback is None:
-        return None
-
-    def on_step(info: dict) -> None:
-        callback(int(info["i"]), total, info["denoised"], info["x"])
-
-    return on_step
 
 
 def sampling_sigmas(
@@ -207,11 +203,23 @@ def sampling_sigmas(
     return advanced_trim(sigmas, start_step, last_step, force_full_denoise)
 
 
-def _latent_to_model(model, samples: torch.Tensor) -> torch.Tensor:
+def sampled_latent_in(model, samples: torch.Tensor) -> torch.Tensor:
+    """VAE latent -> model units (process_latent_in) for sampling."""
     # An all-zero (empty) latent is passed through unscaled, like ComfyUI.
     if torch.count_nonzero(samples) == 0:
         return samples
     return latent_to_model(model, samples)
+
+
+def initial_noise(latent: dict, seed: int, disable: bool = False) -> torch.Tensor:
+    """The unscaled starting noise of a run (zeros when disabled), on the CPU like ComfyUI's."""
+    samples = latent["samples"].float()
+    if disable:
+        return torch.zeros_like(samples, device="cpu")
+    return prepare_noise(samples, seed, latent.get("batch_index"))
+
+
+Predict = Callable[..., "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
 def ksample(
@@ -238,20 +246,50 @@ def ksample(
     `sampler_options` are passed to the sampler function as keyword arguments (eta, s_noise, ...).
     Returns a new LATENT dict (the input's extra keys kept, `samples` replaced).
     """
+    sigmas = sampling_sigmas(model.model_sampling, scheduler, steps, sampler_name, denoise, start_step, last_step,
+                             force_full_denoise)
+    if sigmas is None:
+        return dict(latent, samples=latent["samples"].clone())
+    return sample_sigmas(model, sigmas=sigmas, noise=initial_noise(latent, seed, disable_noise), seed=seed,
+                         sampler_name=sampler_name, positive=positive, negative=negative, cfg=cfg, latent=latent,
+                         callback=callback, sampler_options=sampler_options)[0]
+
+
+def sample_sigmas(
+    model: DiffusionModel,
+    *,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    seed: int,
+    sampler_name: str,
+    positive: list,
+    negative: list,
+    cfg: float,
+    latent: dict,
+    callback: StepCallback | None = None,
+    sampler: Callable | None = None,
+    sampler_options: dict | None = None,
+    predict: Predict | None = None,
+) -> tuple[dict, dict]:
+    """One sampling run over given sigmas (ComfyUI's sample_custom / guider.sample): the sampled LATENT and the
+    last step's x0 prediction as a LATENT (the input latent itself when no step ran).
+
+    `sampler` (default: the function named `sampler_name`) gets `sampler_options` as keyword arguments; the name
+    still decides the inpaint re-noise rule and whether cfg++ needs the uncond. `predict`, when given, replaces the
+    cfg combination of positive and negative (a custom guider; see `GuidedDenoiser.predict`).
+    """
     from .names import RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler, is_cfg_pp
 
-    sampler = get_sampler(sampler_name)
+    if len(sigmas) == 0:
+        unchanged = dict(latent, samples=latent["samples"].clone())
+        return unchanged, unchanged
+    sampler = sampler if sampler is not None else get_sampler(sampler_name)
     device = torch.device(getattr(model, "device", "cpu"))
     samples = latent["samples"].to(device=device, dtype=torch.float32)
     ms = model.model_sampling
-    sigmas = sampling_sigmas(ms, scheduler, steps, sampler_name, denoise, start_step, last_step, force_full_denoise)
-    if sigmas is None:
-        return dict(latent, samples=latent["samples"].clone())
-    if disable_noise:
-        noise = torch.zeros_like(samples)
-    else:
-        noise = prepare_noise(latent["samples"].float(), seed, latent.get("batch_index")).to(device)
-    latent_in = _latent_to_model(model, samples)
+    sigmas = sigmas.to(torch.float32)
+    noise = noise.to(device=device, dtype=torch.float32)
+    latent_in = sampled_latent_in(model, samples)
     prepare = getattr(model, "prepare_conditioning", None)  # e.g. unCLIP: image embeddings noised with the seed
     if prepare is not None:
         positive, negative = prepare(positive, seed), prepare(negative, seed)
@@ -271,26 +309,31 @@ def ksample(
         positive,
         controls_for_uncond(positive, negative),
         float(cfg),
-        force_uncond=is_cfg_pp(sampler_name),
+        force_uncond=is_cfg_pp(sampler_name) or getattr(sampler, "needs_uncond_denoised", False),
         inpaint=inpaint,
         latent_in=latent_in,
         denoise_mask=denoise_mask,
         guidance=RunGuidance.start(getattr(model, "guidance", ())),
         sigmas=sigmas,
+        predict=predict,
     )
+    last_x0: list[torch.Tensor] = []
+
+    def on_step(info: dict) -> None:
+        last_x0[:] = [info["denoised"]]
+        if callback is not None:
+            callback(int(info["i"]), len(sigmas) - 1, info["denoised"], info["x"])
+
     max_denoise = ms.is_max_denoise(float(sigmas[0]))
     x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise)
-    out = sampler(
-        denoiser,
-        x,
-        sigmas,
-        extra_args={"seed": int(seed)},
-        callback=step_callback_adapter(callback, len(sigmas) - 1),
-        disable=True,
-        **(sampler_options or {}),
-    )
+    out = sampler(denoiser, x, sigmas, extra_args={"seed": int(seed)}, callback=on_step, disable=True,
+                  **(sampler_options or {}))
     out = ms.inverse_noise_scaling(sigmas[-1], out)
-    return dict(latent, samples=latent_from_model(model, out).to(latent["samples"].device))
+    result = dict(latent, samples=latent_from_model(model, out).to(latent["samples"].device))
+    if not last_x0:
+        return result, result
+    x0 = latent_from_model(model, last_x0[0]).to(latent["samples"].device)
+    return result, dict(latent, samples=x0)
 
 
 def ksample_advanced(

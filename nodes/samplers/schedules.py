@@ -47,17 +47,26 @@ def simple_schedule(ms: ModelSamplingDiscrete, steps: int) -> torch.Tensor:
     return _append_zero(torch.tensor(picked, dtype=torch.float32))
 
 
-def karras_schedule(ms: ModelSamplingDiscrete, steps: int, rho: float = 7.0) -> torch.Tensor:
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """Karras et al. (2022) eq. 5: interpolate sigma^(1/rho) linearly."""
-    a = float(ms.sigma_max) ** (1 / rho)
-    b = float(ms.sigma_min) ** (1 / rho)
+    a = float(sigma_max) ** (1 / rho)
+    b = float(sigma_min) ** (1 / rho)
     ramp = torch.linspace(0, 1, steps)
     return _append_zero((a + ramp * (b - a)) ** rho)
 
 
-def exponential_schedule(ms: ModelSamplingDiscrete, steps: int) -> torch.Tensor:
-    log_sigmas = torch.linspace(math.log(float(ms.sigma_max)), math.log(float(ms.sigma_min)), steps)
+def exponential_sigmas(steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Sigmas evenly spaced in log sigma."""
+    log_sigmas = torch.linspace(math.log(float(sigma_max)), math.log(float(sigma_min)), steps)
     return _append_zero(log_sigmas.exp())
+
+
+def karras_schedule(ms: ModelSamplingDiscrete, steps: int, rho: float = 7.0) -> torch.Tensor:
+    return karras_sigmas(steps, float(ms.sigma_min), float(ms.sigma_max), rho)
+
+
+def exponential_schedule(ms: ModelSamplingDiscrete, steps: int) -> torch.Tensor:
+    return exponential_sigmas(steps, float(ms.sigma_min), float(ms.sigma_max))
 
 
 def ddim_uniform_schedule(ms: ModelSamplingDiscrete, steps: int) -> torch.Tensor:
