@@ -10,7 +10,8 @@ from .services import Services
 
 NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
                 "sampling_patches", "model_merging", "model_saving", "model_patches.freeu", "model_patches.attention",
-                "model_patches.downscale", "model_patches.hypertile")
+                "model_patches.downscale", "model_patches.hypertile",
+                "latent_ops", "latent_operations", "latent_composite", "latent_batch", "latent_files", "primitives")
 
 
 def node_classes() -> list[type]:
