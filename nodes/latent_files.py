@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import torch
 
-from graphengine import Combo, Node, NodeOutput, Output, String
+from graphengine import Combo, Estimate, Node, NodeOutput, Output, String
 
 from .image import file_sha256
 from .imageio import check_relative_name, folder_for, resolve_inside, split_annotation
@@ -101,6 +101,15 @@ class LoadLatent(Node):
         if services is not None and not Path(path).is_file():
             return f"Invalid latent file: {name}"
         return True
+
+    @classmethod
+    def estimate(cls, inputs, upstream, services=None):
+        """About the file's size in memory (stat only)."""
+        try:
+            size = latent_path(services, inputs.get("latent")).stat().st_size
+        except (ValueError, OSError, TypeError, AttributeError):
+            return None
+        return Estimate(output_bytes=size, extents=(None,))
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], services: Any = None) -> Any:

@@ -69,3 +69,13 @@ def test_save_refuses_prefixes_leaving_the_output_folder(executor, config, prefi
     result = save(executor, ramp(1, 4, 1, 1), prefix)
     assert not result.ok and "outside the output folder" in result.error["exception_message"]
     assert not list(config.output_dir.parent.glob("outside*")) and not list(config.output_dir.rglob("*.latent"))
+
+
+def test_load_estimate_is_the_file_size_and_none_for_a_bad_name(registry, config):
+    from nodes.latent_files import LoadLatent
+
+    save_file({"latent_tensor": torch.zeros(2, 4, 8, 8), "latent_format_version_0": torch.tensor([])},
+              str(config.input_dir / "big.latent"))
+    estimate = LoadLatent.estimate({"latent": "big.latent"}, {}, registry.services)
+    assert estimate.output_bytes == (config.input_dir / "big.latent").stat().st_size >= 2 * 4 * 8 * 8 * 4
+    assert LoadLatent.estimate({"latent": "../big.latent"}, {}, registry.services) is None
