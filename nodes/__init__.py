@@ -15,6 +15,7 @@ NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image",
                 "upscale", "clipseg", "clip_vision", "style_model", "unclip", "gligen",
                 "custom_sampling",
                 "guidance_patches",
+                "latent_ops", "latent_operations", "latent_composite", "latent_batch", "latent_files", "primitives",
                 )
 
 

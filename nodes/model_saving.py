@@ -31,12 +31,12 @@ def _present(value: Any, socket: str, node: str) -> Any:
     return value
 
 
-def output_file(ctx: Any, prefix: str) -> tuple[Path, str, int]:
-    """A new ``<name>_<counter>_.safetensors`` path for the prefix inside the output folder (path rules of
+def output_file(ctx: Any, prefix: str, suffix: str = ".safetensors") -> tuple[Path, str, int]:
+    """A new ``<name>_<counter>_<suffix>`` path for the prefix inside the output folder (path rules of
     SaveImage), with the name and counter."""
     target = save_target(ctx.services.output_dir, prefix, 0, 0)
     counter = target.counter
-    while (path := target.folder / f"{target.filename}_{counter:05}_.safetensors").exists():
+    while (path := target.folder / f"{target.filename}_{counter:05}_{suffix}").exists():
         counter += 1
     return path, target.filename, counter
 
