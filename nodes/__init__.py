@@ -16,6 +16,7 @@ NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image",
                 "custom_sampling",
                 "guidance_patches",
                 "latent_ops", "latent_operations", "latent_composite", "latent_batch", "latent_files", "primitives",
+                "loaders_more",
                 )
 
 
