@@ -66,6 +66,24 @@ class Services:
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory \
             if torch.cuda.is_available() else 0
 
+    def doctor_info(self) -> dict[str, Any]:
+        """What `graphengine doctor` reports for this node pack: model search folders, devices, threads, dtypes."""
+        import torch
+
+        manager = self.manager
+        return {
+            "model_folders": {name: [str(p) for p in self.folders.paths(name)]
+                              for name in ("checkpoints", "vae", "loras", "text_encoders", "diffusion_models",
+                                           "embeddings", "depth")},
+            "devices": [f"{d['type']}: {d['name']}" for d in self.device_stats()],
+            "compute_device": str(manager.device),
+            "dtype": str(manager.dtype).removeprefix("torch."),
+            "vae_dtype": str(manager.vae_dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "torch": torch.__version__,
+        }
+
     def device_stats(self) -> list[dict[str, Any]]:
         """Devices for `/system_stats`, in ComfyUI's shape."""
         import torch
