@@ -10,6 +10,21 @@ from typing import Any
 from graphengine import RuntimeConfig
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """Combo options: the model files of one folder kind (`Combo(ModelFiles("checkpoints"))`); `describe` says
+    where they were looked for, which the validator adds to a "not in list" error."""
+
+    folder: str
+
+    def __call__(self, services: Any) -> list[str]:
+        return services.folders.list(self.folder)
+
+    def describe(self, services: Any) -> str:
+        paths = ", ".join(str(p) for p in services.folders.paths(self.folder)) or "no folder configured"
+        return f"{self.folder} files are looked for in {paths}"
+
+
 @dataclass
 class Services:
     """Built once per registry from the runtime config; passed to every node through its context."""
