@@ -16,6 +16,7 @@ from ..options import add_folder_arguments, add_threads_argument, engine_version
 from .app import create_app
 from .config import DEFAULT_MAX_PROMPT_ATTEMPTS, PREVIEW_METHODS, ServerConfig
 from .security import RedactingAccessLogger, TokenRedactingFilter
+from .state import STATE
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"refusing to listen on {config.listen} without --auth-token", file=sys.stderr)
         return 2
     app = create_app(config)
+    for failed in app[STATE].registry.pack_errors:
+        logging.getLogger("graphengine.server").warning("custom node pack %s failed to load: %s", failed.path,
+                                                        failed.message)
     hosts = config.listen_hosts
     urls = ", ".join(f"http://{_url_host(h)}:{config.port}/" for h in hosts)
     print(f"graphengine {engine_version()} serving on {urls}", flush=True)

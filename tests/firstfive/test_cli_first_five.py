@@ -93,7 +93,8 @@ def test_serve_takes_port_and_custom_nodes_and_prints_the_url(tmp_path):
         assert "FirstFiveNode" in info and "CountTo" in info
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        _, err = proc.communicate(timeout=30)
+    assert "custom node pack" in err and "broken_pack.py failed to load: RuntimeError: this pack is broken" in err
 
 
 def test_set_on_an_unknown_input_fails_naming_the_real_inputs(tmp_path):
