@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import sys
 import types
 import typing
@@ -19,6 +20,7 @@ from .context import CancelToken
 from .events import Event, EventHub, Executing, Progress
 from .executor import Executor
 from .memory import MemoryGuard
+from .options import add_folder_arguments, add_threads_argument, engine_version, threads_option
 from .registry import NodeRegistry
 from .runtime import RuntimeConfig, build_registry
 from .validation import PromptValidationError, ValidatedPrompt, validate_prompt
@@ -32,11 +34,16 @@ class UserError(Exception):
 
 
 def _config(args: argparse.Namespace) -> RuntimeConfig:
+    try:
+        options = {"threads": threads_option(args)} if hasattr(args, "threads") else {}
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     return RuntimeConfig(
         base_dir=Path(args.base_dir) if args.base_dir else Path.cwd(),
         output_dir=args.output_dir, input_dir=args.input_dir, models_dir=args.models_dir,
         extra_model_paths=[Path(p) for p in args.extra_model_paths or []],
         custom_nodes_dirs=[Path(p) for p in args.custom_nodes or []],
+        options=options,
     )
 
 
@@ -53,9 +60,24 @@ def _load(args: argparse.Namespace, registry: NodeRegistry) -> tuple[Any, dict[s
     try:
         data, extra_pnginfo = load_workflow_data(args.workflow)
         prompt = to_api_prompt(data, registry)
-        return apply_overrides(prompt, getattr(args, "set", None) or []), extra_pnginfo
+        overrides = getattr(args, "set", None) or []
+        prompt = apply_overrides(prompt, overrides)
     except WorkflowFileError as exc:
         raise UserError(str(exc)) from None
+    check_override_inputs(prompt, overrides, registry)
+    return prompt, extra_pnginfo
+
+
+def check_override_inputs(prompt: dict[str, Any], overrides: list[str], registry: NodeRegistry) -> None:
+    """A `--set` naming an input its node does not have is a mistake (a typo), never silently ignored."""
+    from .workflow_io import parse_override
+
+    for text in overrides:
+        node_id, input_name, _ = parse_override(text)
+        schema = registry.get(prompt[node_id].get("class_type"))
+        if schema is not None and input_name not in schema.inputs:
+            raise UserError(f"--set {text!r}: node {node_id} ({schema.name}) has no input {input_name!r}; "
+                            f"its inputs: {', '.join(schema.inputs)}")
 
 
 def _print_validation_error(err: PromptValidationError) -> None:
@@ -152,7 +174,7 @@ def submit_to_server(url: str, prompt: Any, extra_pnginfo: dict[str, Any], args:
     for ui in (entry.get("outputs") or {}).values():
         for image in ui.get("images", []) if isinstance(ui, dict) else []:
             query = urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
-            print(f"{url.rstrip('/')}/view?{query}")
+            print(f"{url.rstrip('/')}/view?{query}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps({"outputs": entry.get("outputs", {})}))
     return EXIT_OK
@@ -184,7 +206,7 @@ def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistr
             print("".join(err.get("traceback", [])), file=sys.stderr)
         return EXIT_EXECUTION
     for path in output_files(result.outputs, config):
-        print(path)
+        print(path, file=sys.stderr if args.json else sys.stdout)  # --json: standard output is JSON only
     if args.json:
         print(json.dumps({"outputs": result.outputs, "executed": result.executed, "cached": result.cached}))
     return EXIT_OK
@@ -223,7 +245,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 TEMPLATE_SKIPPED_PARAMS = frozenset({"registry"})
 _RUN_OPTIONS = ("json", "quiet", "traceback", "base_dir", "output_dir", "input_dir", "models_dir",
-                "extra_model_paths", "custom_nodes", *(limit.attr for limit in LIMITS))
+                "extra_model_paths", "custom_nodes", "threads", *(limit.attr for limit in LIMITS))
 
 
 def _option_kwargs(annotation: Any, default: Any) -> dict[str, Any]:
@@ -282,6 +304,7 @@ def template_parser(name: str, template: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--traceback", action="store_true", help="print the node's traceback on failure")
     _common_options(parser)
+    add_threads_argument(parser)
     add_limit_arguments(parser)
     return parser
 
@@ -353,16 +376,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-dir", help="folder holding output/, input/, models/ (default: current folder)")
-    p.add_argument("--output-dir")
-    p.add_argument("--input-dir")
-    p.add_argument("--models-dir")
-    p.add_argument("--extra-model-paths", action="append", metavar="YAML")
-    p.add_argument("--custom-nodes", action="append", metavar="DIR", help="a folder of custom node packs")
+    add_folder_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphengine", description="Run ComfyUI-format node graphs.")
+    parser.add_argument("--version", action="version", version=f"graphengine {engine_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     common = _common_options
@@ -376,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--server", metavar="URL", help="queue it on a ComfyUI-compatible server instead of running here")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the server (with --server)")
     common(run)
+    add_threads_argument(run)
     add_limit_arguments(run)
     run.set_defaults(func=cmd_run)
 
@@ -407,21 +427,48 @@ def build_parser() -> argparse.ArgumentParser:
     common(convert)
     convert.set_defaults(func=cmd_convert)
 
-    serve = sub.add_parser("serve", help="start the ComfyUI-compatible server (same flags as server.py)")
+    # `serve` hands its whole argument list to the server's own parser (the one `python server.py` uses), so
+    # the two take the same flags and `graphengine serve --help` lists them; see main().
+    serve = sub.add_parser("serve", help="start the ComfyUI-compatible server (same flags as server.py; "
+                           "serve --help lists them)", add_help=False)
     serve.add_argument("server_args", nargs=argparse.REMAINDER)
     serve.set_defaults(func=cmd_serve)
+
+    doctor = sub.add_parser("doctor", help="show the folders, devices, threads, extras and custom node packs in use")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    common(doctor)
+    add_threads_argument(doctor)
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import format_report, gather_report
+
+    report = gather_report(_config(args))
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
+        if argv[:1] == ["serve"]:
+            return cmd_serve(argparse.Namespace(server_args=argv[1:]))
+        args = build_parser().parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return EXIT_EXECUTION
+    except BrokenPipeError:
+        # The reader went away (`graphengine … --json | head`): stop quietly; point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_EXECUTION
 
 

@@ -29,6 +29,8 @@ class ExecutionResult:
     error: dict[str, Any] | None = None
     messages: list[list[Any]] = field(default_factory=list)  # [[event type, data], …] as ComfyUI's history
     node_errors: dict[str, Any] = field(default_factory=dict)
+    # node id -> its output values (one list per output slot), only with execute(..., keep_values=True)
+    values: dict[str, list[list[Any]]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -262,9 +264,17 @@ class Executor:
 
     def execute(self, prompt: ValidatedPrompt | dict[str, Any], *, prompt_id: str | None = None,
                 extra_data: dict[str, Any] | None = None, cancel: CancelToken | None = None,
-                partial_execution_targets: list[str] | None = None) -> ExecutionResult:
-        """Run a prompt (validated here if given as a dict; raises PromptValidationError if invalid)."""
+                partial_execution_targets: list[str] | None = None, keep_values: bool = False) -> ExecutionResult:
+        """Run a prompt (validated here if given as a dict; raises PromptValidationError if invalid).
+        `keep_values` returns every evaluated node's output values in `result.values` (in-process callers)."""
         if not isinstance(prompt, ValidatedPrompt):
             prompt = validate_prompt(prompt, self.registry, partial_execution_targets)
         run = _Run(self, prompt, prompt_id or str(uuid.uuid4()), extra_data or {}, cancel or CancelToken())
-        return run.run()
+        result = run.run()
+        if keep_values:  # the nodes this run evaluated, and those it skipped because a cached descendant sufficed
+            result.values = dict(run.values)
+            for node_id in prompt.nodes:
+                entry = None if node_id in result.values else self.cache.get(run.signatures[node_id])
+                if entry is not None:
+                    result.values[node_id] = entry.outputs
+        return result

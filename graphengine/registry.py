@@ -31,6 +31,7 @@ class NodeRegistry:
         self._modules: dict[str, str] = {}
         self._warm_ups: list[Callable[[], None]] = []
         self.pack_errors: list[PackLoadError] = []
+        self.packs_loaded: list[str] = []  # custom node packs loaded from folders (paths)
 
     def register(self, cls: type[Node], *, python_module: str = "nodes", display_name: str | None = None) -> NodeSchema:
         schema = schema_of(cls)
@@ -141,6 +142,7 @@ class NodeRegistry:
             try:
                 self._load_pack(pack, init)
                 loaded.append(pack)
+                self.packs_loaded.append(str(entry))
             except Exception as exc:  # noqa: BLE001 - one broken pack must not stop the others
                 self.pack_errors.append(PackLoadError(str(entry), f"{type(exc).__name__}: {exc}",
                                                       traceback.format_exc()))

@@ -172,10 +172,22 @@ def _check_combo(info: InputInfo, value: Any, services: Any) -> Any:
         if item not in options:
             listed = options if len(options) <= _MAX_LISTED_OPTIONS else f"(list of length {len(options)})"
             raise InputError("value_not_in_list", "Value not in list",
-                              f"{info.name}: '{_short(item)}' not in {listed}", input_name=info.name,
+                              f"{info.name}: '{_short(item)}' not in {listed}{_option_source(info, services)}",
+                              input_name=info.name,
                               input_config=None if len(options) > _MAX_LISTED_OPTIONS else [options],
                               received_value=_short(item))
     return value
+
+
+def _option_source(info: InputInfo, services: Any) -> str:
+    """Where a computed option list comes from, when its source says (e.g. the folders a file list scans)."""
+    describe = getattr(info.spec.choices, "describe", None)
+    if not callable(describe):
+        return ""
+    try:
+        return f" ({describe(services)})"
+    except Exception:  # noqa: BLE001 - the error being reported matters more than this note
+        return ""
 
 
 _COERCERS = {"INT": _coerce_int, "FLOAT": _coerce_float, "STRING": _coerce_string, "BOOLEAN": _coerce_boolean}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from graphengine import NodeRegistry, RuntimeConfig
+from graphengine.options import default_threads
 
 from .services import Services
 
@@ -29,6 +30,20 @@ def node_classes() -> list[type]:
 
 def register(registry: NodeRegistry, config: RuntimeConfig) -> None:
     """Entry point of the `graphengine.nodes` group."""
+    set_threads(config.options.get("threads") or default_threads())
     registry.services = Services(config=config, preview_method=config.options.get("preview_method", "none"))
     registry.on_warm_up(registry.services.warm_up)
     registry.register_all(node_classes(), python_module="nodes")
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op and inter-op thread counts, before any work (the inter-op count can be set only once per
+    process, so a second registry keeps the first one's)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already set, or parallel work has started
+        pass

@@ -14,6 +14,7 @@ from graphengine import Combo, Node, Output
 
 from .handles import LATENT_DOWNSCALE, module_device_dtype, on_compute_device
 from .loaders import loading
+from .services import ModelFiles
 from .types import Conditioning, Image
 from .vae import with_options
 from .work import Progress, map_rows
@@ -98,7 +99,7 @@ class DepthEstimate(Node):
     RETURNS = (Output("IMAGE", "depth_map"),)
 
     image: Image
-    model_name: Annotated[str, Combo(lambda s: s.folders.list("depth"))]
+    model_name: Annotated[str, Combo(ModelFiles("depth"))]
 
     def execute(self, ctx) -> tuple:
         services = ctx.services

@@ -18,6 +18,7 @@ from graphengine import Combo, Interrupted, Node, Output
 
 from . import costs
 from .handles import UNetModel, VaeModel
+from .services import ModelFiles
 
 # Family base -> the CLIP encoding scheme of nodes.clip.ClipModel, and the latent space used for previews.
 CLIP_FAMILY = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl", "sdxl_refiner": "sdxl_refiner", "custom": "custom"}
@@ -120,7 +121,7 @@ class CheckpointLoaderSimple(Node):
     CATEGORY = "loaders"
     RETURNS = CHECKPOINT_RETURNS
 
-    ckpt_name: Annotated[str, Combo(lambda s: s.folders.list("checkpoints"),
+    ckpt_name: Annotated[str, Combo(ModelFiles("checkpoints"),
                                     tooltip="The name of the checkpoint (model) to load.")]
 
     @classmethod
@@ -143,8 +144,8 @@ class CheckpointLoader(Node):
     DEPRECATED = True
     RETURNS = (Output("MODEL"), Output("CLIP"), Output("VAE"))
 
-    config_name: Annotated[str, Combo(lambda s: s.folders.list("configs"))]
-    ckpt_name: Annotated[str, Combo(lambda s: s.folders.list("checkpoints"))]
+    config_name: Annotated[str, Combo(ModelFiles("configs"))]
+    ckpt_name: Annotated[str, Combo(ModelFiles("checkpoints"))]
 
     @classmethod
     def estimate(cls, inputs, upstream, services=None):
@@ -167,7 +168,7 @@ class VAELoader(Node):
     CATEGORY = "loaders"
     RETURNS = (Output("VAE"),)
 
-    vae_name: Annotated[str, Combo(lambda s: s.folders.list("vae"))]
+    vae_name: Annotated[str, Combo(ModelFiles("vae"))]
 
     @classmethod
     def estimate(cls, inputs, upstream, services=None):
@@ -187,7 +188,7 @@ class CLIPLoader(Node):
     CATEGORY = "advanced/loaders"
     RETURNS = (Output("CLIP"),)
 
-    clip_name: Annotated[str, Combo(lambda s: s.folders.list("text_encoders"))]
+    clip_name: Annotated[str, Combo(ModelFiles("text_encoders"))]
     type: Annotated[str, Combo(CLIP_TYPES)]
     device: Annotated[str, Combo(["default", "cpu"], optional=True, advanced=True)] = "default"
 
@@ -210,7 +211,7 @@ class UNETLoader(Node):
     CATEGORY = "advanced/loaders"
     RETURNS = (Output("MODEL"),)
 
-    unet_name: Annotated[str, Combo(lambda s: s.folders.list("diffusion_models"))]
+    unet_name: Annotated[str, Combo(ModelFiles("diffusion_models"))]
     weight_dtype: Annotated[str, Combo(UNET_WEIGHT_DTYPES)]
 
     @classmethod

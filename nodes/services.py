@@ -10,6 +10,21 @@ from typing import Any
 from graphengine import RuntimeConfig
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """Combo options: the model files of one folder kind (`Combo(ModelFiles("checkpoints"))`); `describe` says
+    where they were looked for, which the validator adds to a "not in list" error."""
+
+    folder: str
+
+    def __call__(self, services: Any) -> list[str]:
+        return services.folders.list(self.folder)
+
+    def describe(self, services: Any) -> str:
+        paths = ", ".join(str(p) for p in services.folders.paths(self.folder)) or "no folder configured"
+        return f"{self.folder} files are looked for in {paths}"
+
+
 @dataclass
 class Services:
     """Built once per registry from the runtime config; passed to every node through its context."""
@@ -65,6 +80,24 @@ class Services:
         import torch
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory \
             if torch.cuda.is_available() else 0
+
+    def doctor_info(self) -> dict[str, Any]:
+        """What `graphengine doctor` reports for this node pack: model search folders, devices, threads, dtypes."""
+        import torch
+
+        manager = self.manager
+        return {
+            "model_folders": {name: [str(p) for p in self.folders.paths(name)]
+                              for name in ("checkpoints", "vae", "loras", "text_encoders", "diffusion_models",
+                                           "embeddings", "depth")},
+            "devices": [f"{d['type']}: {d['name']}" for d in self.device_stats()],
+            "compute_device": str(manager.device),
+            "dtype": str(manager.dtype).removeprefix("torch."),
+            "vae_dtype": str(manager.vae_dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "torch": torch.__version__,
+        }
 
     def device_stats(self) -> list[dict[str, Any]]:
         """Devices for `/system_stats`, in ComfyUI's shape."""

@@ -45,6 +45,8 @@ class ServerConfig:
     preview_size: int = 512
     max_prompt_attempts: int = DEFAULT_MAX_PROMPT_ATTEMPTS
     cache_entries: int = DEFAULT_MAX_ENTRIES  # node results the result cache keeps at most (ComfyUI's --cache-lru)
+    extra_model_paths: list[Path] = field(default_factory=list)  # extra_model_paths.yaml files
+    custom_nodes_dirs: list[Path] = field(default_factory=list)
     options: dict = field(default_factory=dict)  # passed to RuntimeConfig.options
     limits: dict = field(default_factory=dict)  # AdmissionLimits fields over the machine's defaults (0: no limit)
 
@@ -80,4 +82,5 @@ class ServerConfig:
         options = {"preview_method": self.preview_method, **self.options}
         return RuntimeConfig(base_dir=self.base_dir, output_dir=self.output_dir, input_dir=self.input_dir,
                              temp_dir=self.temp_dir, user_dir=self.user_dir, models_dir=self.models_dir,
-                             options=options)
+                             extra_model_paths=[Path(p) for p in self.extra_model_paths],
+                             custom_nodes_dirs=[Path(p) for p in self.custom_nodes_dirs], options=options)

@@ -12,11 +12,12 @@ from graphengine import Combo, Float, Node, Output
 
 from .. import costs
 from ..loaders import loading
+from ..services import ModelFiles
 from ..types import Clip, Model
 
 log = logging.getLogger("graphengine.nodes.lora")
 
-LoraName = Annotated[str, Combo(lambda s: s.folders.list("loras"), tooltip="The name of the LoRA.")]
+LoraName = Annotated[str, Combo(ModelFiles("loras"), tooltip="The name of the LoRA.")]
 Strength = Annotated[float, Float(min=-100.0, max=100.0, step=0.01)]
 
 
