@@ -3,10 +3,14 @@
 SD1.x/SD2.x and SDXL latents map to RGB almost linearly; the published per-channel factors below turn a latent
 (model units, i.e. VAE latent × scale factor) into an approximate image at latent resolution. Other latent spaces
 (the "custom" family) are decoded with the model's own VAE when one is attached to the MODEL handle.
+
+Methods are ComfyUI's: "none", "latent2rgb", "taesd" (a TAESD decoder from models/vae_approx/, see nodes.taesd) and
+"auto" (TAESD when a decoder file fits the model's latent space, else latent2rgb).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -26,6 +30,7 @@ LATENT_RGB: dict[str, tuple[tuple[tuple[float, float, float], ...], tuple[float,
     ),
 }
 PREVIEW_MAX_SIDE = 512
+log = logging.getLogger("graphengine.previews")
 # Decoding a custom-family preview with its VAE only when the latent is this small (latent pixels per image).
 CHEAP_DECODE_AREA = 64 * 64
 
@@ -58,9 +63,13 @@ def to_pil(rgb: torch.Tensor) -> PILImage.Image:
     return image
 
 
-def preview_image(model: Any, x0: torch.Tensor) -> PILImage.Image | None:
-    """Preview of the first image of an x0 prediction [B,C,h,w] (model units); None when there is no cheap way."""
+def preview_image(model: Any, x0: torch.Tensor, taesd: Any = None) -> PILImage.Image | None:
+    """Preview of the first image of an x0 prediction [B,C,h,w] (model units), decoded by `taesd` (an
+    AutoencoderTiny) when given; None when there is no cheap way."""
     first = x0[0].detach().to("cpu", torch.float32)
+    if taesd is not None:
+        from .taesd import decode_preview
+        return to_pil(decode_preview(taesd, first))
     rgb = latent_to_rgb(first, getattr(model, "latent_space", "sd1"))
     if rgb is None:
         vae = getattr(model, "preview_vae", None)
@@ -70,11 +79,34 @@ def preview_image(model: Any, x0: torch.Tensor) -> PILImage.Image | None:
     return to_pil(rgb)
 
 
+def taesd_for(services: Any, model: Any, method: str) -> Any:
+    """The TAESD decoder the method asks for (None for latent2rgb); "taesd" with no file for the model's latent space
+    says so in the log and falls back to latent2rgb (ComfyUI does the same)."""
+    if method not in ("auto", "taesd") or services is None:
+        return None
+    from .taesd import DECODER_STEMS, find_decoder
+
+    latent_space = getattr(model, "latent_space", "sd1")
+    path = find_decoder([str(p) for p in services.folders.paths("vae_approx")], latent_space)
+    if path is None:
+        if method == "taesd":
+            log.warning("preview method taesd: no %s.safetensors in models/vae_approx/ for this model (latent "
+                        "space %r); previews use latent2rgb", DECODER_STEMS.get(latent_space, "TAESD decoder"),
+                        latent_space)
+        return None
+    try:
+        return services.taesd.get(path)
+    except Exception as exc:  # noqa: BLE001 - a broken preview file must never fail the prompt
+        log.warning("TAESD preview decoder %s not usable (%s); previews use latent2rgb", path.name, exc)
+        return None
+
+
 def make_step_callback(ctx: Any, model: Any, method: str):
     """A ksample callback(step, total, x0, x) reporting progress (and a preview unless the method is "none")."""
+    taesd = taesd_for(getattr(ctx, "services", None), model, method)
 
     def on_step(step: int, total: int, x0: torch.Tensor, _x: torch.Tensor) -> None:
-        preview = preview_image(model, x0) if method != "none" else None
+        preview = preview_image(model, x0, taesd) if method != "none" else None
         ctx.progress(step + 1, total, preview=preview)
 
     return on_step

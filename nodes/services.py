@@ -30,7 +30,13 @@ class Services:
     """Built once per registry from the runtime config; passed to every node through its context."""
 
     config: RuntimeConfig = field(default_factory=RuntimeConfig)
-    preview_method: str = "none"
+    preview_method: str = "auto"
+
+    @cached_property
+    def taesd(self) -> Any:
+        """TAESD preview decoders loaded so far (nodes.taesd)."""
+        from .taesd import TaesdDecoders
+        return TaesdDecoders()
 
     @property
     def output_dir(self) -> Path:

@@ -13,7 +13,7 @@ from ..cache import ResultCache, default_sizeof
 from ..queue import PromptQueue
 from ..registry import NodeRegistry
 from ..runtime import build_registry
-from . import jobs, routes_files, routes_info, routes_queue, routes_user, static
+from . import jobs, routes_files, routes_info, routes_queue, routes_user, static, templates
 from .config import ServerConfig
 from .hub import WebSocketHub
 from .security import error_middleware, security_middleware
@@ -51,6 +51,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, *,
         module.setup(app)
     app.router.add_get("/ws", hub.handle)
     app.router.add_get("/api/ws", hub.handle)
+    templates.setup(app, templates.TemplateLibrary(registry))
     static.setup(app, static.frontend_root())  # last: the editor's web root catches every other path
 
     async def start(app: web.Application) -> None:

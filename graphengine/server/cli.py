@@ -28,7 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8188)
     p.add_argument("--database", help="SQLite file of the queue and history (default <user-dir>/queue.sqlite3)")
     p.add_argument("--auth-token", help="require this token (Authorization: Bearer … or ?token=…)")
-    p.add_argument("--preview-method", choices=PREVIEW_METHODS, default="none")
+    p.add_argument("--preview-method", choices=PREVIEW_METHODS, default="auto",
+                   help="live previews while sampling (default auto: TAESD from models/vae_approx/ when one fits, "
+                        "else latent2rgb; sent to the editor only)")
     p.add_argument("--max-upload-size", type=float, default=100.0, help="in MB")
     p.add_argument("--max-history", type=int, default=10000)
     p.add_argument("--max-prompt-attempts", type=int, default=DEFAULT_MAX_PROMPT_ATTEMPTS,

@@ -35,7 +35,7 @@ class ServerConfig:
     listen: str = "127.0.0.1"
     port: int = 8188
     auth_token: str | None = None
-    preview_method: str = "none"
+    preview_method: str = "auto"
     max_upload_size_mb: float = 100.0
     database: Path | str | None = None  # default: <user_dir>/queue.sqlite3; ":memory:" keeps nothing
     max_history: int = 10000

@@ -47,6 +47,9 @@ class Preview:
     image: bytes
     mime: str
     metadata: dict[str, Any]
+    # Only for sockets that declared `supports_preview_metadata` (the editor): plain API clients that read every
+    # binary frame as a result image get no previews they did not ask for.
+    negotiated_only: bool = False
 
     def frame(self, with_metadata: bool) -> bytes:
         if with_metadata:
@@ -130,6 +133,16 @@ class WebSocketHub:
         out, key = encode(message)
         self._post(self._deliver, (out, key, sid))
 
+    def send_negotiated_threadsafe(self, message: dict[str, Any], sid: str | None = None) -> None:
+        """`send_threadsafe` to sockets that declared `supports_preview_metadata` (the editor) only."""
+        out, key = encode(message)
+        self._post(self._deliver_negotiated, (out, key, sid))
+
+    def _deliver_negotiated(self, out: Outgoing, key: Key | None, sid: str | None) -> None:
+        for client in list(self.clients.values()) if sid is None else [self.clients.get(sid)]:
+            if client is not None and client.flags.get("supports_preview_metadata"):
+                self._enqueue(client, out, key)
+
     def send_threadsafe_call(self, function: Callable[[], None]) -> None:
         """Run `function` on the event loop, in order with the messages sent so far."""
         self._post(function, ())
@@ -184,6 +197,8 @@ class WebSocketHub:
 
     def _enqueue(self, client: Client, out: Outgoing, key: Key | None = None) -> None:
         if client.closed:
+            return
+        if isinstance(out, Preview) and out.negotiated_only and not client.flags.get("supports_preview_metadata"):
             return
         pending = client.pending
         behind = client.sending_since is not None or len(pending) >= self.queue_limit

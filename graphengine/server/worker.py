@@ -12,7 +12,7 @@ from typing import Any
 
 from ..cache import ResultCache
 from ..context import CancelToken
-from ..events import Event, Executing, ProgressPreview, now_ms
+from ..events import Event, Executed, Executing, ProgressPreview, ProgressState, now_ms
 from ..executor import ExecutionResult, Executor
 from ..memory import MemoryGuard, process_rss
 from ..queue import PromptQueue, QueueItem
@@ -32,7 +32,9 @@ class RunningPrompt:
     item: QueueItem
     cancel: CancelToken = field(default_factory=CancelToken)
     previews: bool = False
+    previews_negotiated_only: bool = False
     node: str | None = None
+    done: set[str] = field(default_factory=set)  # nodes the editor has been told are done (see _mark_done)
     stopping: bool = False
 
 
@@ -40,6 +42,13 @@ def previews_enabled(server_method: str, extra_data: dict[str, Any]) -> bool:
     requested = extra_data.get("preview_method")
     method = requested if isinstance(requested, str) and requested not in ("", "default") else server_method
     return method != "none"
+
+
+def previews_negotiated_only(server_method: str, extra_data: dict[str, Any]) -> bool:
+    """The server's "auto" (the default) previews only to sockets that negotiated them (the editor); a method named
+    by the prompt or a specific server method previews to every socket, as ComfyUI does."""
+    requested = extra_data.get("preview_method")
+    return server_method == "auto" and not (isinstance(requested, str) and requested not in ("", "default"))
 
 
 def encode_preview(image: Any, max_size: int) -> tuple[bytes, str] | None:
@@ -94,7 +103,7 @@ def history_parts(result: ExecutionResult) -> tuple[dict[str, Any], dict[str, An
 
 class PromptWorker:
     def __init__(self, queue: PromptQueue, registry: NodeRegistry, hub: WebSocketHub, *,
-                 preview_method: str = "none", preview_size: int = 512, cache: ResultCache | None = None,
+                 preview_method: str = "auto", preview_size: int = 512, cache: ResultCache | None = None,
                  memory_budget: int | None = None, max_attempts: int = DEFAULT_MAX_PROMPT_ATTEMPTS) -> None:
         self.queue = queue
         self.max_attempts = max_attempts
@@ -177,7 +186,8 @@ class PromptWorker:
                 log.exception("worker failed on prompt %s", item.prompt_id)
 
     def _run(self, item: QueueItem) -> None:
-        run = RunningPrompt(item, previews=previews_enabled(self.preview_method, item.extra_data))
+        run = RunningPrompt(item, previews=previews_enabled(self.preview_method, item.extra_data),
+                            previews_negotiated_only=previews_negotiated_only(self.preview_method, item.extra_data))
         with self._lock:
             self._current = run
             secrets = self._sensitive.pop(item.prompt_id, {})
@@ -262,10 +272,33 @@ class PromptWorker:
         if isinstance(event, ProgressPreview):
             self._send_preview(run, event)
             return
+        if isinstance(event, Executed):
+            run.done.add(event.node)
         if client_id:
             self.hub.send_threadsafe(event.message(), client_id)
         elif event.type in BROADCAST_WITHOUT_CLIENT:
             self.hub.send_threadsafe(event.message(), None)
+        if isinstance(event, ProgressState):
+            self._mark_done(run, event)
+
+    def _mark_done(self, run: RunningPrompt, event: ProgressState) -> None:
+        """The editor's total progress counts the nodes it got `executed` (or `execution_cached`) for, and ComfyUI
+        sends `executed` only for nodes with UI output, so "Total" would stay at 0 % until the end. Each finished
+        node without output gets an `executed` with an empty output (merged: it changes nothing shown), to the
+        editor's sockets only: API clients see ComfyUI's events unchanged."""
+        for node_id, state in event.nodes.items():
+            if state.get("state") == "finished" and node_id not in run.done:
+                run.done.add(node_id)
+                if self._is_output_node(run, node_id):  # its own `executed` follows
+                    continue
+                message = {"type": "executed", "data": {"node": node_id, "display_node": node_id, "output": {},
+                                                        "prompt_id": event.prompt_id, "merge": True}}
+                self.hub.send_negotiated_threadsafe(message, run.item.client_id or None)
+
+    def _is_output_node(self, run: RunningPrompt, node_id: str) -> bool:
+        entry = run.item.prompt.get(node_id)
+        schema = self.registry.get(entry.get("class_type", "")) if isinstance(entry, dict) else None
+        return bool(schema and schema.output_node)
 
     def _send_preview(self, run: RunningPrompt, event: ProgressPreview) -> None:
         if not run.previews:
@@ -276,4 +309,5 @@ class PromptWorker:
         node = event.node
         metadata = {"node_id": node, "prompt_id": event.prompt_id, "display_node_id": node,
                     "parent_node_id": None, "real_node_id": node}
-        self.hub.send_threadsafe(Preview(encoded[0], encoded[1], metadata), run.item.client_id)
+        self.hub.send_threadsafe(Preview(encoded[0], encoded[1], metadata, run.previews_negotiated_only),
+                                 run.item.client_id)

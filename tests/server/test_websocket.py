@@ -148,9 +148,22 @@ async def test_feature_flags_and_preview_frames(tmp_path):
         flags = await receive_json(meta)
         assert flags["type"] == "feature_flags" and flags["data"]["supports_preview_metadata"] is True
         assert flags["data"] == await (await srv.client.get("/api/features")).json()
-        # previews are off by default
+        # the default method (auto) previews only to sockets that negotiated previews (the editor)
         reply = await srv.post_prompt(chain(steps=2, preview_size=32, tag="nopreview"), client_id="plain")
-        assert "binary" not in types(await receive_until_done(plain, reply["prompt_id"]))
+        frames = await receive_until_done(plain, reply["prompt_id"])
+        assert "binary" not in types(frames)
+        assert [d["node"] for k, d in frames if k == "executed"] == ["3"]  # ComfyUI's: output nodes only
+        reply = await srv.post_prompt(chain(steps=2, preview_size=32, tag="default"), client_id="meta")
+        frames = await receive_until_done(meta, reply["prompt_id"])
+        assert types(frames).count("binary") == 2
+        # the editor's total progress counts nodes it got `executed` or `execution_cached` for: it hears of every one
+        executed = [d for k, d in frames if k == "executed"]
+        cached = {n for k, d in frames if k == "execution_cached" for n in d["nodes"]}
+        assert {d["node"] for d in executed} | cached == {"1", "2", "3"} and "2" in {d["node"] for d in executed}
+        assert all(d["output"] == {} and d["merge"] is True for d in executed if d["node"] != "3")
+        assert next(d for d in executed if d["node"] == "3")["output"]
+        done_2 = next(i for i, (k, d) in enumerate(frames) if k == "executed" and d["node"] == "2")
+        assert done_2 < frames.index(("executing", {"node": "3", "display_node": "3", "prompt_id": reply["prompt_id"]}))
         # requested per prompt: type 1 for a client without metadata support …
         reply = await srv.post_prompt(chain(steps=2, preview_size=32, tag="p1"), client_id="plain",
                                       extra_data={"preview_method": "auto"})
