@@ -10,7 +10,8 @@ from .services import Services
 
 NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
                 "sampling_patches", "model_merging", "model_saving", "model_patches.freeu", "model_patches.attention",
-                "model_patches.downscale", "model_patches.hypertile")
+                "model_patches.downscale", "model_patches.hypertile",
+                "image_transform", "image_filters", "image_batch", "image_compose", "image_save_animated")
 
 
 def node_classes() -> list[type]:
