@@ -22,7 +22,7 @@ def join_batches(image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
     if image1.shape[1:] != image2.shape[1:]:
         image2 = common_upscale(image2.movedim(-1, 1), image1.shape[2], image1.shape[1], "bilinear",
                                 "center").movedim(1, -1)
-    return torch.cat((image1, image2.to(image1.dtype)), dim=0)
+    return torch.cat((image1, image2.to(image1)), dim=0)
 
 
 def batch_slice(batch: int, index: int, length: int) -> slice:

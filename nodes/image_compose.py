@@ -34,7 +34,7 @@ def fit_channels(source: torch.Tensor, channels: int) -> torch.Tensor:
     """[B, C, H, W] with `channels` channels: extra ones dropped, missing ones opaque (1)."""
     if source.shape[1] >= channels:
         return source[:, :channels]
-    fill = torch.ones(source.shape[0], channels - source.shape[1], *source.shape[2:], dtype=source.dtype)
+    fill = source.new_ones(source.shape[0], channels - source.shape[1], *source.shape[2:])
     return torch.cat([source, fill], dim=1)
 
 
@@ -45,7 +45,7 @@ def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask:
     The mask (any [.., h, w]) is resized bilinearly to the source; source and mask batches follow the destination's;
     what falls outside the destination is cut off."""
     out = destination.clone()
-    source = fit_channels(source.to(out.dtype), out.shape[1])
+    source = fit_channels(source.to(out), out.shape[1])
     if resize_source:
         source = F.interpolate(source, size=out.shape[2:], mode="bilinear")
     source = repeat_to_batch(source, out.shape[0])
@@ -55,7 +55,7 @@ def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask:
     if mask is None:
         mask = torch.ones_like(source[:, :1])
     else:
-        mask = F.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).to(out.dtype), size=(height, width),
+        mask = F.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).to(out), size=(height, width),
                              mode="bilinear")
         mask = repeat_to_batch(mask, out.shape[0])
     # rows/cols of the destination covered, and the matching part of the source
@@ -188,7 +188,7 @@ class JoinImageWithAlpha(Node):
 
     def execute(self, ctx) -> tuple:
         ctx.check_cancelled()
-        masks = as_mask_batch(self.alpha).to(self.image.dtype)
+        masks = as_mask_batch(self.alpha).to(self.image)
         batch = min(self.image.shape[0], masks.shape[0])
         opacity = 1.0 - F.interpolate(masks.unsqueeze(1), size=self.image.shape[1:3], mode="bilinear")[:, 0]
         return (torch.cat([self.image[:batch, ..., :3], opacity[:batch].unsqueeze(-1)], dim=-1),)

@@ -49,7 +49,7 @@ def blend(base: torch.Tensor, layer: torch.Tensor, mode: str) -> torch.Tensor:
 
 def blend_images(image1: torch.Tensor, image2: torch.Tensor, factor: float, mode: str) -> torch.Tensor:
     """image1 mixed with blend(image1, image2) by `factor`; image2 is resized (bicubic, centre crop) to image1."""
-    image2 = image2.to(image1.dtype)
+    image2 = image2.to(image1)
     if image1.shape[1:] != image2.shape[1:]:
         image2 = common_upscale(image2.movedim(-1, 1), image1.shape[2], image1.shape[1], "bicubic",
                                 "center").movedim(1, -1)
@@ -214,7 +214,7 @@ class ImageQuantize(Node):
         for image in self.image:
             ctx.check_cancelled()
             out.append(quantize_image(image, self.colors, self.dither))
-        return (torch.stack(out).to(self.image.dtype),)
+        return (torch.stack(out).to(self.image),)
 
 
 class ImageAddNoise(Node):

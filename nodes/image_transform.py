@@ -46,7 +46,7 @@ def match_channels(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
     def with_alpha(image: torch.Tensor, channels: int) -> torch.Tensor:
         if image.shape[-1] >= channels:
             return image
-        return torch.cat([image, torch.ones(*image.shape[:-1], channels - image.shape[-1], dtype=image.dtype)], -1)
+        return torch.cat([image, image.new_ones(*image.shape[:-1], channels - image.shape[-1])], -1)
     channels = max(a.shape[-1], b.shape[-1])
     return with_alpha(a, channels), with_alpha(b, channels)
 
@@ -60,7 +60,7 @@ def pad_batch(images: torch.Tensor, batch: int) -> torch.Tensor:
 def center_pad(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pad [B, H, W, C] with zeros to height×width, the image centred."""
     top, left = (height - image.shape[1]) // 2, (width - image.shape[2]) // 2
-    out = torch.zeros(image.shape[0], height, width, image.shape[3], dtype=image.dtype)
+    out = image.new_zeros(image.shape[0], height, width, image.shape[3])
     out[:, top:top + image.shape[1], left:left + image.shape[2]] = image
     return out
 
@@ -93,7 +93,7 @@ def stitch(image1: torch.Tensor, image2: torch.Tensor, direction: str, match_ima
     if spacing > 0:
         gap_shape = [batch, size, spacing] if horizontal else [batch, spacing, size]
         color = torch.tensor(SPACING_COLORS[spacing_color] + (1.0,) * (image1.shape[-1] - 3))[:image1.shape[-1]]
-        parts.insert(1, color.to(image1.dtype).expand(*gap_shape, -1))
+        parts.insert(1, color.to(image1).expand(*gap_shape, -1))
     return torch.cat(parts, dim=axis)
 
 
@@ -103,7 +103,7 @@ def resize_and_pad(images: torch.Tensor, width: int, height: int, fill: float, m
     scale = min(width / old_w, height / old_h)
     new_w, new_h = max(1, int(old_w * scale)), max(1, int(old_h * scale))
     resized = common_upscale(images.movedim(-1, 1), new_w, new_h, method, "disabled").movedim(1, -1)
-    out = torch.full((images.shape[0], height, width, images.shape[3]), fill, dtype=images.dtype)
+    out = images.new_full((images.shape[0], height, width, images.shape[3]), fill)
     top, left = (height - new_h) // 2, (width - new_w) // 2
     out[:, top:top + new_h, left:left + new_w] = resized
     return out
