@@ -21,6 +21,7 @@ from .events import Event, EventHub, Executing, Progress
 from .executor import Executor
 from .memory import MemoryGuard
 from .options import add_folder_arguments, add_threads_argument, engine_version, threads_option
+from .missing_nodes import MissingNode
 from .registry import NodeRegistry
 from .runtime import RuntimeConfig, build_registry
 from .validation import PromptValidationError, ValidatedPrompt, validate_prompt
@@ -57,6 +58,8 @@ def to_api_prompt(data: Any, registry: NodeRegistry) -> Any:
 
 
 def _load(args: argparse.Namespace, registry: NodeRegistry) -> tuple[Any, dict[str, Any]]:
+    from .ui_convert import UIConversionError
+
     try:
         data, extra_pnginfo = load_workflow_data(args.workflow)
         prompt = to_api_prompt(data, registry)
@@ -64,6 +67,8 @@ def _load(args: argparse.Namespace, registry: NodeRegistry) -> tuple[Any, dict[s
         prompt = apply_overrides(prompt, overrides)
     except WorkflowFileError as exc:
         raise UserError(str(exc)) from None
+    except UIConversionError as exc:
+        raise UserError(f"{args.workflow}: {exc}") from None
     check_override_inputs(prompt, overrides, registry)
     return prompt, extra_pnginfo
 
@@ -81,6 +86,13 @@ def check_override_inputs(prompt: dict[str, Any], overrides: list[str], registry
 
 
 def _print_validation_error(err: PromptValidationError) -> None:
+    missing = (err.error.get("extra_info") or {}).get("missing_nodes") or []
+    if missing:  # every missing node type, one line each with its hint
+        print(f"error: {err.error['message']}", file=sys.stderr)
+        for m in missing:
+            print(f"  {MissingNode(m['node_id'], m['class_type'], m['node_title'], m['hint']).describe()}",
+                  file=sys.stderr)
+        return
     print(f"error: {err.error['message']}" + (f" ({err.error['details']})" if err.error.get("details")
                                              and not err.node_errors else ""), file=sys.stderr)
     for node_id, entry in err.node_errors.items():

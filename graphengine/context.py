@@ -59,8 +59,8 @@ class ExecutionContext:
     def progress(self, value: int, total: int, preview: Any = None) -> None:
         """Report progress (e.g. one sampler step); raises Interrupted if the prompt was cancelled."""
         self.cancel.raise_if_cancelled()
-        self.events.emit(Progress(self.prompt_id, node=self.node_id, value=int(value), max=int(total)))
-        if self.on_progress is not None:
+        if self.on_progress is not None:  # ComfyUI sends the node's progress_state before the progress message
             self.on_progress(int(value), int(total))
+        self.events.emit(Progress(self.prompt_id, node=self.node_id, value=int(value), max=int(total)))
         if preview is not None:
             self.events.emit(ProgressPreview(self.prompt_id, node=self.node_id, image=preview))

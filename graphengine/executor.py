@@ -127,6 +127,8 @@ class _Run:
                 if entry.ui is not None and call.schema.output_node:
                     self.result.outputs[node_id] = entry.ui
                     self.emit(Executed(self.prompt_id, node=node_id, output=entry.ui))
+                if node_id in self.prompt.outputs:  # ComfyUI visits cached outputs and marks them finished
+                    self._report(node_id, "finished", 1, 1)
                 stack.pop()
                 continue
             lazy = call.schema.lazy_inputs

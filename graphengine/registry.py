@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class NodeRegistry:
         self._schemas: dict[str, NodeSchema] = {}
         self._modules: dict[str, str] = {}
         self._warm_ups: list[Callable[[], None]] = []
+        self._missing_hints: dict[str, str] = {}
         self.pack_errors: list[PackLoadError] = []
         self.packs_loaded: list[str] = []  # custom node packs loaded from folders (paths)
 
@@ -59,6 +61,21 @@ class NodeRegistry:
 
     def get(self, name: str) -> NodeSchema | None:
         return self._schemas.get(name)
+
+    # -- node types it does not have ---------------------------------------------------------------------------------
+
+    def add_missing_node_hints(self, hints: Mapping[str, str]) -> None:
+        """Say where foreign node types come from: class name or shell pattern (`IPAdapter*`) -> one sentence."""
+        self._missing_hints.update(hints)
+
+    def missing_node_hint(self, class_type: str) -> str | None:
+        """The hint for a class this registry lacks (an exact name wins over patterns; first pattern that matches)."""
+        if class_type in self._schemas:
+            return None
+        if class_type in self._missing_hints:
+            return self._missing_hints[class_type]
+        return next((hint for pattern, hint in self._missing_hints.items()
+                     if fnmatch.fnmatchcase(class_type, pattern)), None)
 
     # -- start-up ------------------------------------------------------------------------------------------------
 

@@ -323,7 +323,10 @@ def _refusal(err: urllib.error.HTTPError) -> SubmitError:
         body = None
     error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else str(error or err.reason)
-    details = []
+    extra = error.get("extra_info") if isinstance(error, dict) else None
+    missing = extra.get("missing_nodes") if isinstance(extra, dict) else None
+    details = [f"node {m.get('node_id')} ({m.get('class_type')}): {m.get('hint') or 'unknown node type'}"
+               for m in missing if isinstance(m, dict)] if isinstance(missing, list) else []
     for node_id, entry in (body.get("node_errors") or {}).items() if isinstance(body, dict) else ():
         for e in entry.get("errors", []):
             details.append(f"node {node_id} ({entry.get('class_type')}): {e.get('message')}: {e.get('details')}")

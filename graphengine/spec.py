@@ -68,7 +68,7 @@ class IntInput(InputSpec):
     type: str = "INT"
     min: int | None = None
     max: int | None = None
-    step: int = 1
+    step: int | None = None  # sent only when declared, as ComfyUI does
     control_after_generate: bool = False
     display: str | None = None
 
@@ -78,7 +78,8 @@ class IntInput(InputSpec):
             opts["min"] = self.min
         if self.max is not None:
             opts["max"] = self.max
-        opts["step"] = self.step
+        if self.step is not None:
+            opts["step"] = self.step
         if self.control_after_generate:
             opts["control_after_generate"] = True
         if self.display:
@@ -178,7 +179,7 @@ class SocketInput(InputSpec):
         return {"forceInput": True} if self.type in WIDGET_TYPES and not self.force_input else {}
 
 
-def Int(min: int | None = None, max: int | None = None, step: int = 1, *,
+def Int(min: int | None = None, max: int | None = None, step: int | None = None, *,
         control_after_generate: bool = False, **common: Any) -> IntInput:
     return IntInput(min=min, max=max, step=step, control_after_generate=control_after_generate, **common)
 

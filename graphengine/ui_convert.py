@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from .missing_nodes import MissingNode
 from .registry import NodeRegistry
 from .spec import ComboInput, IntInput
 
@@ -22,7 +23,12 @@ CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
 
 class UIConversionError(ValueError):
-    """A UI workflow that cannot be converted; the message names the node and its title."""
+    """A UI workflow that cannot be converted; the message names the node and its title (every missing node type,
+    also listed in `missing`)."""
+
+    def __init__(self, message: str, missing: list[MissingNode] | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing or []
 
 
 @dataclass
@@ -305,12 +311,15 @@ def convert(workflow: dict[str, Any], registry: NodeRegistry, *, controls: str =
     _expand_group_nodes(graph, (workflow.get("extra") or {}).get("groupNodes") or {})
     pushed = _resolve_virtual(graph)
     _drop_muted_and_bypassed(graph)
+    missing = [MissingNode(n.id, n.type, n.title, registry.missing_node_hint(n.type))
+               for n in graph.nodes.values() if registry.get(n.type) is None]
+    if missing:
+        lines = "\n".join(f"  {m.describe()}" for m in missing)
+        raise UIConversionError(f"{len(missing)} node(s) of unknown type:\n{lines}", missing)
     rng = random.Random(seed)
     prompt: dict[str, Any] = {}
     for node in graph.nodes.values():
-        schema = registry.get(node.type)
-        if schema is None:
-            raise UIConversionError(f"{node.label()}: unknown node type '{node.type}'")
+        schema = registry.schema(node.type)
         inputs = _widget_values(node, schema, pushed, controls, rng)
         for slot, inp in enumerate(node.inputs):
             link = graph.input_link(node, slot)

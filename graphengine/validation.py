@@ -13,6 +13,7 @@ from typing import Any
 import networkx as nx
 
 from .limits import MAX_JSON_DEPTH, json_depth_exceeds
+from .missing_nodes import MissingNode, missing_node_error
 from .node import InputInfo, NodeSchema
 from .registry import NodeRegistry
 from .spec import ANY_TYPE, FLOAT_LIMIT, INT_LIMIT, ComboInput, types_match
@@ -170,11 +171,12 @@ def _check_combo(info: InputInfo, value: Any, services: Any) -> Any:
         if isinstance(item, (dict, list)) or item is None:
             raise _conversion_error(info.name, "COMBO", item)
         if item not in options:
-            listed = options if len(options) <= _MAX_LISTED_OPTIONS else f"(list of length {len(options)})"
+            short = len(options) <= _MAX_LISTED_OPTIONS
+            listed = options if short else f"(list of length {len(options)})"
             raise InputError("value_not_in_list", "Value not in list",
                               f"{info.name}: '{_short(item)}' not in {listed}{_option_source(info, services)}",
                               input_name=info.name,
-                              input_config=None if len(options) > _MAX_LISTED_OPTIONS else [options],
+                              input_config=info.spec.object_info(info.default, services) if short else None,
                               received_value=_short(item))
     return value
 
@@ -253,6 +255,7 @@ class _Validator:
         if json_depth_exceeds(self.raw, MAX_JSON_DEPTH):  # what walks it later (repr, json, cache keys) recurses
             raise PromptValidationError(error_dict("invalid_prompt", "Prompt nested too deeply",
                                                    f"more than {MAX_JSON_DEPTH} levels of lists/objects"))
+        missing: list[MissingNode] = []
         for node_id, node in self.raw.items():
             if not isinstance(node_id, str):
                 raise PromptValidationError(error_dict("invalid_prompt", "Node ids must be strings",
@@ -264,19 +267,19 @@ class _Validator:
             title = meta.get("title") if isinstance(meta, dict) and isinstance(meta.get("title"), str) else None
             class_type = node.get("class_type")
             if not isinstance(class_type, str) or not class_type:
-                raise PromptValidationError(error_dict(
-                    "missing_node_type", "Cannot execute because a node is missing the class_type property.",
-                    f"Node ID '#{node_id}'", node_id=node_id, class_type=None, node_title=title))
+                missing.append(MissingNode(node_id, None, title))
+                continue
             schema = self.registry.get(class_type)
             if schema is None:
-                raise PromptValidationError(error_dict(
-                    "missing_node_type", f"Cannot execute because node {class_type} does not exist.",
-                    f"Node ID '#{node_id}'", node_id=node_id, class_type=class_type, node_title=title))
+                missing.append(MissingNode(node_id, class_type, title, self.registry.missing_node_hint(class_type)))
+                continue
             inputs = node.get("inputs", {})
             if not isinstance(inputs, dict):
                 raise PromptValidationError(error_dict("invalid_prompt", f"Node {node_id} inputs must be an object",
                                                        f"got {type(inputs).__name__}", node_id=node_id))
             self.calls[node_id] = NodeCall(node_id, class_type, schema, dict(inputs), title)
+        if missing:  # every missing type in one answer, not only the first
+            raise PromptValidationError(missing_node_error(missing))
 
     def select_outputs(self, targets: Any) -> list[str]:
         outputs = [nid for nid, call in self.calls.items() if call.schema.output_node]
@@ -316,7 +319,9 @@ class _Validator:
                     if not types_match(out_type, info.spec.type):
                         raise InputError("return_type_mismatch", "Return type mismatch between linked nodes",
                                           f"{name}, received_type({out_type}) mismatch input_type({info.spec.type})",
-                                          input_name=name, received_type=out_type, linked_node=raw)
+                                          input_name=name,
+                                          input_config=info.spec.object_info(info.default, self.services),
+                                          received_type=out_type, linked_node=raw)
                     checked[name] = link
                     parents.append(link.node_id)
                 else:
@@ -368,7 +373,8 @@ class _Validator:
                                         "class_type": self.calls[node_id].class_type}
         valid = [o for o in outputs if o not in invalid]
         if not valid:
-            details = "\n".join(f"{e['message']}: {e['details']}" for errs in self.errors.values() for e in errs)
+            # ComfyUI lists only the output nodes' own errors here: "" when the faults lie upstream (see node_errors)
+            details = "\n".join(f"{e['message']}: {e['details']}" for o in outputs for e in self.errors.get(o, []))
             raise PromptValidationError(error_dict("prompt_outputs_failed_validation",
                                                    "Prompt outputs failed validation", details), node_errors)
         needed = set().union(*(_ancestors_and_self(o, parents) for o in valid))

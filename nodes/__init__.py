@@ -7,6 +7,7 @@ import importlib
 from graphengine import NodeRegistry, RuntimeConfig
 from graphengine.options import default_threads
 
+from .missing_node_hints import MISSING_NODE_HINTS
 from .services import Services
 
 NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image", "mask", "depth", "lora.nodes",
@@ -35,6 +36,7 @@ def register(registry: NodeRegistry, config: RuntimeConfig) -> None:
     registry.services = Services(config=config, preview_method=config.options.get("preview_method", "none"))
     registry.on_warm_up(registry.services.warm_up)
     registry.register_all(node_classes(), python_module="nodes")
+    registry.add_missing_node_hints(MISSING_NODE_HINTS)
 
 
 def set_threads(threads: int) -> None:

@@ -67,8 +67,8 @@ class SolidMask(Node):
     CATEGORY = "mask"
     RETURNS = (Output("MASK"),)
     value: Annotated[float, Float(min=0.0, max=1.0, step=0.01)] = 1.0
-    width: Annotated[int, Int(min=1, max=MAX_RESOLUTION)] = 512
-    height: Annotated[int, Int(min=1, max=MAX_RESOLUTION)] = 512
+    width: Annotated[int, Int(min=1, max=MAX_RESOLUTION, step=1)] = 512
+    height: Annotated[int, Int(min=1, max=MAX_RESOLUTION, step=1)] = 512
 
     @classmethod
     def estimate(cls, inputs, upstream, services=None):
@@ -97,7 +97,7 @@ class GrowMask(Node):
     CATEGORY = "mask"
     RETURNS = (Output("MASK"),)
     mask: Mask
-    expand: Annotated[int, Int(min=-MAX_RESOLUTION, max=MAX_RESOLUTION)] = 0
+    expand: Annotated[int, Int(min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1)] = 0
     tapered_corners: Annotated[bool, Boolean()] = True
 
     def execute(self, ctx) -> tuple:
@@ -115,10 +115,10 @@ class FeatherMask(Node):
     CATEGORY = "mask"
     RETURNS = (Output("MASK"),)
     mask: Mask
-    left: Annotated[int, Int(min=0, max=MAX_RESOLUTION)] = 0
-    top: Annotated[int, Int(min=0, max=MAX_RESOLUTION)] = 0
-    right: Annotated[int, Int(min=0, max=MAX_RESOLUTION)] = 0
-    bottom: Annotated[int, Int(min=0, max=MAX_RESOLUTION)] = 0
+    left: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=1)] = 0
+    top: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=1)] = 0
+    right: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=1)] = 0
+    bottom: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=1)] = 0
 
     def execute(self, ctx) -> tuple:
         out = as_mask_batch(self.mask).clone().float()
@@ -172,8 +172,8 @@ class MaskComposite(Node):
     RETURNS = (Output("MASK"),)
     destination: Mask
     source: Mask
-    x: Annotated[int, Int(min=0, max=MAX_RESOLUTION)] = 0
-    y: Annotated[int, Int(min=0, max=MAX_RESOLUTION)] = 0
+    x: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=1)] = 0
+    y: Annotated[int, Int(min=0, max=MAX_RESOLUTION, step=1)] = 0
     operation: Annotated[str, Combo(COMPOSITE_OPERATIONS)]
 
     def execute(self, ctx) -> tuple:

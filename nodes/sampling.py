@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from graphengine import Combo, Float, Int, Node, Output
+from graphengine import Combo, Float, Int, Node, Output, Socket
 from graphengine.spec import INT_LIMIT
 
 from . import costs
@@ -24,6 +24,11 @@ Cfg = Annotated[float, Float(min=0.0, max=100.0, step=0.1, round=0.01,
                              tooltip="Classifier-free guidance scale: how strongly the prompt is followed.")]
 SamplerName = Annotated[str, Combo(list(SAMPLER_NAMES), tooltip="The algorithm used when sampling.")]
 SchedulerName = Annotated[str, Combo(list(SCHEDULER_NAMES), tooltip="How the noise levels are spaced over the steps.")]
+# KSampler's link inputs carry tooltips in /object_info as ComfyUI's do (KSamplerAdvanced's have none there).
+DenoisingModel = Annotated[Any, Socket("MODEL", tooltip="The model that denoises the latent.")]
+Positive = Annotated[list, Socket("CONDITIONING", tooltip="Conditioning that describes what the image should show.")]
+Negative = Annotated[list, Socket("CONDITIONING", tooltip="Conditioning that describes what the image should avoid.")]
+LatentToDenoise = Annotated[dict, Socket("LATENT", tooltip="The latent image to denoise.")]
 
 
 def _pinned(model: Any):
@@ -71,15 +76,15 @@ class KSampler(Node):
     CATEGORY = "sampling"
     RETURNS = (Output("LATENT", tooltip="The denoised latent."),)
 
-    model: Model
+    model: DenoisingModel
     seed: Seed = 0
     steps: Steps = 20
     cfg: Cfg = 8.0
     sampler_name: SamplerName
     scheduler: SchedulerName
-    positive: Conditioning
-    negative: Conditioning
-    latent_image: Latent
+    positive: Positive
+    negative: Negative
+    latent_image: LatentToDenoise
     denoise: Annotated[float, Float(min=0.0, max=1.0, step=0.01,
                                     tooltip="The amount of denoising applied; lower keeps more of the input.")] = 1.0
 

@@ -153,7 +153,7 @@ class VAEEncodeForInpaint(Node):
     pixels: Image
     vae: Vae
     mask: Mask
-    grow_mask_by: Annotated[int, Int(min=0, max=64)] = 6
+    grow_mask_by: Annotated[int, Int(min=0, max=64, step=1)] = 6
 
     @classmethod
     def estimate(cls, inputs, upstream, services=None):

@@ -182,6 +182,10 @@ class WebSocketHub:
     def broadcast_status(self) -> None:
         self.send({"type": "status", "data": {"status": self.status()}})
 
+    def broadcast_status_threadsafe(self) -> None:
+        """`broadcast_status` from another thread, with the queue counted now rather than when the loop gets to it."""
+        self.send_threadsafe({"type": "status", "data": {"status": self.status()}})
+
     def expect(self, sid: str) -> None:
         """Start keeping messages for a client id that has no socket yet (its prompt was just queued)."""
         if sid not in self.clients and sid not in self._backlog:

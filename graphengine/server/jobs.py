@@ -141,7 +141,7 @@ def cancel(state, job_id: str) -> bool:
     if queued[0] == "running":
         return state.worker.interrupt(job_id)
     cancelled = bool(state.queue.delete_pending([job_id]))
-    state.hub.send_threadsafe_call(state.hub.broadcast_status)
+    state.hub.broadcast_status_threadsafe()
     return cancelled
 
 

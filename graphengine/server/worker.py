@@ -191,7 +191,7 @@ class PromptWorker:
         with self._lock:
             self._current = run
             secrets = self._sensitive.pop(item.prompt_id, {})
-        self.hub.send_threadsafe_call(self.hub.broadcast_status)
+        self.hub.broadcast_status_threadsafe()
         if item.attempts >= self.max_attempts:
             log.error("prompt %s was running when the server died %d times: failing it", item.prompt_id,
                       item.attempts)
@@ -210,7 +210,7 @@ class PromptWorker:
         finally:
             with self._lock:
                 self._current = None
-        self.hub.send_threadsafe_call(self.hub.broadcast_status)
+        self.hub.broadcast_status_threadsafe()
         self.hub.send_threadsafe({"type": "executing", "data": {"node": None, "prompt_id": item.prompt_id}},
                                  item.client_id)
 

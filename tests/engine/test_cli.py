@@ -57,6 +57,27 @@ def test_invalid_workflows_exit_2_with_one_line_messages(tmp_path, capsys, conte
     assert code == 2 and needle in err and "Traceback" not in err
 
 
+def test_missing_node_types_are_all_reported_by_validate_run_and_convert(tmp_path, capsys):
+    api = {**GRAPH, "7": {"class_type": "KSampler (Efficient)", "inputs": {}},
+           "8": {"class_type": "EmptySD3LatentImage", "inputs": {}}, "9": {"class_type": "Mystery", "inputs": {}}}
+    ui = {"nodes": [{"id": 1, "type": "ShowValue", "inputs": [], "outputs": [], "widgets_values": []},
+                    {"id": 5, "type": "CLIPTextEncodeFlux", "inputs": [], "outputs": [], "widgets_values": []},
+                    {"id": 6, "type": "ShowText|pysssss", "inputs": [], "outputs": [], "widgets_values": []}],
+          "links": [], "version": 0.4}
+    for command in ("validate", "run"):
+        code, _, err = run_cli([command, write(tmp_path, api), "--base-dir", str(tmp_path)], capsys)
+        assert code == 2 and "Traceback" not in err
+        assert "Cannot execute because node KSampler (Efficient) does not exist. Also missing: " \
+               "EmptySD3LatentImage, Mystery." in err
+        assert [line.split(":")[0].strip() for line in err.splitlines()[1:]] == [
+            "node 7 (KSampler (Efficient))", "node 8 (EmptySD3LatentImage)", "node 9 (Mystery)"]
+    for command in ("validate", "run", "convert"):
+        code, out, err = run_cli([command, write(tmp_path, ui, "ui.json")], capsys)
+        assert code == 2 and "Traceback" not in err and out == ""
+        assert "2 node(s) of unknown type" in err
+        assert "node 5 (CLIPTextEncodeFlux)" in err and "node 6 (ShowText|pysssss)" in err
+
+
 def test_missing_file_and_bad_override(tmp_path, capsys):
     code, _, err = run_cli(["run", str(tmp_path / "nope.json")], capsys)
     assert code == 2 and "no such file" in err

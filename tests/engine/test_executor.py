@@ -39,7 +39,11 @@ def test_unchanged_rerun_executes_nothing_and_resends_ui(executor, recorder):
     result = executor.execute(graph())
     assert result.executed == [] and sorted(result.cached) == ["1", "2", "3", "4"]
     assert result.outputs == {"4": {"text": ["6"]}}
-    assert recorder.types() == ["execution_start", "execution_cached", "executed", "execution_success", "executing"]
+    # ComfyUI still visits a cached output node: its UI again, then its finished progress_state (only that node)
+    assert recorder.types() == ["execution_start", "execution_cached", "executed", "progress_state",
+                                "execution_success", "executing"]
+    assert {k: (v["state"], v["value"], v["max"]) for k, v in recorder.events[3].data()["nodes"].items()} == {
+        "4": ("finished", 1, 1)}
 
 
 def test_changing_one_widget_reruns_only_that_node_and_descendants(executor):

@@ -14,11 +14,12 @@ class Sampler(Node):
     HIDDEN = {"prompt": "PROMPT"}
     RETURNS = (Output("LATENT"), Output("IMAGE", name="preview", tooltip="a preview"))
     seed: Annotated[int, Int(min=0, max=2**64 - 1, control_after_generate=True)] = 0
+    width: Annotated[int, Int(min=16, max=64, step=8)] = 16
     cfg: Annotated[float, Float(min=0.0, max=100.0, step=0.1, round=0.01)] = 8.0
     sampler_name: Annotated[str, Combo(["euler", "heun"])] = "euler"
     ckpt: Annotated[str, Combo(lambda services: sorted(services["files"]))] = None
     text: Annotated[str, String(multiline=True, dynamic_prompts=True)] = ""
-    model: Annotated[Any, Socket("MODEL")]
+    model: Annotated[Any, Socket("MODEL", tooltip="the model")]
     mask: Annotated[Any, Socket("MASK", optional=True)] = None
 
 
@@ -28,17 +29,19 @@ def test_object_info_has_every_comfyui_field():
     info = reg.object_info()["Sampler"]
     assert set(info) >= {"input", "input_order", "output", "output_is_list", "output_name", "name", "display_name",
                          "description", "python_module", "category", "output_node"}
-    assert info["input"]["required"]["seed"] == ["INT", {"default": 0, "min": 0, "max": 2**64 - 1, "step": 1,
+    # an INT sends `step` only when declared (ComfyUI's seed has none, EmptyLatentImage's width has 8)
+    assert info["input"]["required"]["seed"] == ["INT", {"default": 0, "min": 0, "max": 2**64 - 1,
                                                          "control_after_generate": True}]
+    assert info["input"]["required"]["width"] == ["INT", {"default": 16, "min": 16, "max": 64, "step": 8}]
     assert info["input"]["required"]["cfg"] == ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                                           "round": 0.01}]
     assert info["input"]["required"]["sampler_name"] == [["euler", "heun"], {"default": "euler"}]
     assert info["input"]["required"]["ckpt"] == [["a.safetensors", "b.safetensors"]]
     assert info["input"]["required"]["text"] == ["STRING", {"default": "", "multiline": True, "dynamicPrompts": True}]
-    assert info["input"]["required"]["model"] == ["MODEL"]
+    assert info["input"]["required"]["model"] == ["MODEL", {"tooltip": "the model"}]  # link inputs keep tooltips
     assert info["input"]["optional"] == {"mask": ["MASK"]}
     assert info["input"]["hidden"] == {"prompt": "PROMPT"}
-    assert info["input_order"] == {"required": ["seed", "cfg", "sampler_name", "ckpt", "text", "model"],
+    assert info["input_order"] == {"required": ["seed", "width", "cfg", "sampler_name", "ckpt", "text", "model"],
                                    "optional": ["mask"], "hidden": ["prompt"]}
     assert info["output"] == ["LATENT", "IMAGE"]
     assert info["output_name"] == ["LATENT", "preview"]

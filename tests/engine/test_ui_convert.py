@@ -211,6 +211,20 @@ def test_conversion_errors_name_the_node(reg, wf, needle):
     assert needle in str(info.value)
 
 
+def test_every_unknown_node_type_is_listed_with_its_hint(reg):
+    reg.add_missing_node_hints({"UltimateSDUpscale*": "comes from ComfyUI_UltimateSDUpscale"})
+    wf = workflow([node(1, "Mystery"), node(2, "Text", [], [], ["x"]), node(3, "UltimateSDUpscale", title="Upscale"),
+                   node(4, "Other")], [])
+    with pytest.raises(UIConversionError) as info:
+        convert(wf, reg)
+    assert [(m.node_id, m.class_type, m.hint) for m in info.value.missing] == [
+        ("1", "Mystery", None), ("3", "UltimateSDUpscale", "comes from ComfyUI_UltimateSDUpscale"), ("4", "Other", None)]
+    assert str(info.value).splitlines() == [
+        "3 node(s) of unknown type:", "  node 1 (Mystery): unknown node type",
+        '  node 3 (UltimateSDUpscale, titled "Upscale"): comes from ComfyUI_UltimateSDUpscale',
+        "  node 4 (Other): unknown node type"]
+
+
 def test_cli_runs_ui_workflows(reg, tmp_path, monkeypatch, capsys):
     import json
     from graphengine.cli import main

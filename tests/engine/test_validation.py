@@ -49,8 +49,44 @@ def test_prompt_level_errors(registry, prompt, kind):
 
 def test_unknown_class_names_node_and_title(registry):
     b = body({"5": {"class_type": "Nope", "inputs": {}, "_meta": {"title": "My node"}}}, registry)
-    assert b["error"]["extra_info"] == {"node_id": "5", "class_type": "Nope", "node_title": "My node"}
-    assert b["error"]["message"] == "Cannot execute because node Nope does not exist."
+    assert b["error"] == {"type": "missing_node_type", "message": "Cannot execute because node Nope does not exist.",
+                          "details": "Node ID '#5'",
+                          "extra_info": {"node_id": "5", "class_type": "Nope", "node_title": "My node",
+                                         "missing_nodes": [{"node_id": "5", "class_type": "Nope",
+                                                            "node_title": "My node", "hint": None}]}}
+    assert b["node_errors"] == {}
+
+
+def test_every_missing_node_type_in_one_answer_with_hints(registry):
+    registry.add_missing_node_hints({"KSampler (Efficient)": "comes from Efficiency Nodes",
+                                     "IPAdapter*": "comes from IPAdapter plus", "Show*": "never used: ShowValue exists"})
+    prompt = {**chain(), "7": {"class_type": "KSampler (Efficient)", "inputs": {}},
+              "8": {"class_type": "Mystery", "inputs": {}, "_meta": {"title": "Odd"}},
+              "9": {"class_type": "IPAdapterAdvanced", "inputs": {}},
+              "10": {"class_type": "Mystery", "inputs": {}}}
+    error = body(prompt, registry)["error"]
+    assert error["type"] == "missing_node_type"
+    # the first sentence is ComfyUI's for the first missing node; the others follow, each class once
+    assert error["message"] == ("Cannot execute because node KSampler (Efficient) does not exist. "
+                                "Also missing: Mystery, IPAdapterAdvanced.")
+    assert error["details"].splitlines() == ["Node ID '#7' (KSampler (Efficient)): comes from Efficiency Nodes",
+                                             "Node ID '#8' (Mystery)", "Node ID '#9' (IPAdapterAdvanced): comes from "
+                                             "IPAdapter plus", "Node ID '#10' (Mystery)"]
+    extra = error["extra_info"]
+    assert (extra["node_id"], extra["class_type"]) == ("7", "KSampler (Efficient)")
+    assert [(m["node_id"], m["class_type"], m["node_title"], m["hint"]) for m in extra["missing_nodes"]] == [
+        ("7", "KSampler (Efficient)", None, "comes from Efficiency Nodes"), ("8", "Mystery", "Odd", None),
+        ("9", "IPAdapterAdvanced", None, "comes from IPAdapter plus"), ("10", "Mystery", None, None)]
+    assert registry.missing_node_hint("ShowValue") is None  # registered types never get a hint
+
+
+def test_failed_outputs_details_hold_only_the_outputs_own_errors(registry):
+    prompt = chain()
+    prompt["2"]["inputs"]["b"] = "abc"  # the fault is upstream of the output: ComfyUI's details are empty
+    b = body(prompt, registry)
+    assert b["error"]["details"] == "" and node_error_types(b, "2") == ["invalid_input_type"]
+    del prompt["3"]["inputs"]["value"]  # now the output node has its own error
+    assert body(prompt, registry)["error"]["details"] == "Required input is missing: value"
 
 
 @pytest.mark.parametrize("value, kind", [
@@ -107,6 +143,7 @@ def test_return_type_mismatch(registry):
     err = body(prompt, registry)["node_errors"]["2"]["errors"][0]
     assert err["type"] == "return_type_mismatch"
     assert err["details"] == "a, received_type(STRING) mismatch input_type(INT)"
+    assert err["extra_info"]["input_config"] == ["INT", {"forceInput": True}]  # the input's full /object_info entry
     prompt["2"]["inputs"]["a"] = ["1", 0]
     prompt["3"]["inputs"]["value"] = ["9", 0]  # "*" accepts anything
     assert validate_prompt(prompt, registry).outputs == ["3"]
@@ -212,6 +249,20 @@ def test_combo_not_in_list(registry):
     err = body(prompt, registry)["node_errors"]["1"]["errors"][0]
     assert err["type"] == "value_not_in_list"
     assert err["details"] == "choice: 'nope' not in (list of length 30)"
+    assert err["extra_info"]["input_config"] is None  # ComfyUI leaves long lists out
+
+
+    class Few(Node):
+        RETURNS = (Output("STRING"),)
+        choice: Annotated[str, Combo(["a", "b"], tooltip="pick one")] = "a"
+
+        def execute(self, ctx):
+            return (self.choice,)
+
+    registry.register(Few)
+    prompt["1"]["class_type"] = "Few"
+    err = body(prompt, registry)["node_errors"]["1"]["errors"][0]
+    assert err["extra_info"]["input_config"] == [["a", "b"], {"default": "a", "tooltip": "pick one"}]
 
 
 def test_floats_reject_nan_and_accept_numeric_strings(registry):

@@ -78,9 +78,9 @@ def test_object_info_has_comfyuis_inputs(env):
     assert shrink["output"] == ["MODEL"] and shrink["category"] == "model_patches/unet"
     tile = info["HyperTile"]
     assert tile["input"]["required"] == {
-        "model": ["MODEL"], "tile_size": ["INT", {"default": 256, "min": 1, "max": 2048, "step": 1}],
-        "swap_size": ["INT", {"default": 2, "min": 1, "max": 128, "step": 1}],
-        "max_depth": ["INT", {"default": 0, "min": 0, "max": 10, "step": 1}],
+        "model": ["MODEL"], "tile_size": ["INT", {"default": 256, "min": 1, "max": 2048}],  # ComfyUI sends no step
+        "swap_size": ["INT", {"default": 2, "min": 1, "max": 128}],
+        "max_depth": ["INT", {"default": 0, "min": 0, "max": 10}],
         "scale_depth": ["BOOLEAN", {"default": False}]}
     assert tile["output"] == ["MODEL"] and tile["category"] == "model_patches/unet"
 

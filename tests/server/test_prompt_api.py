@@ -44,7 +44,17 @@ async def test_invalid_prompt_gets_comfyui_400_body(tmp_path):
         assert errors["class_type"] == "Slow" and errors["dependent_outputs"] == ["3"]
         assert errors["errors"][0]["type"] == "value_smaller_than_min"
         unknown = await srv.client.post("/prompt", json={"prompt": {"1": {"class_type": "Nope", "inputs": {}}}})
-        assert unknown.status == 400 and (await unknown.json())["error"]["type"] == "missing_node_type"
+        assert unknown.status == 400 and await unknown.json() == {
+            "error": {"type": "missing_node_type", "message": "Cannot execute because node Nope does not exist.",
+                      "details": "Node ID '#1'", "extra_info": {
+                          "node_id": "1", "class_type": "Nope", "node_title": None,
+                          "missing_nodes": [{"node_id": "1", "class_type": "Nope", "node_title": None, "hint": None}]}},
+            "node_errors": {}}
+        several = {**chain(), "7": {"class_type": "Nope", "inputs": {}}, "8": {"class_type": "Gone", "inputs": {}}}
+        body = await (await srv.client.post("/api/prompt", json={"prompt": several})).json()
+        assert body["error"]["message"] == "Cannot execute because node Nope does not exist. Also missing: Gone."
+        assert [m["node_id"] for m in body["error"]["extra_info"]["missing_nodes"]] == ["7", "8"]
+        assert body["error"]["details"] == "Node ID '#7' (Nope)\nNode ID '#8' (Gone)" and body["node_errors"] == {}
         assert srv.state.queue.remaining() == 0 and srv.state.queue.history() == {}
 
 

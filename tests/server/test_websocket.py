@@ -31,7 +31,7 @@ async def test_event_sequence_goes_to_the_posting_client_only(tmp_path):
         ps = "progress_state"
         assert types(execution) == ["execution_start", "execution_cached",
                                     ps, "executing", ps,                                       # node 1
-                                    ps, "executing", "progress", ps, "progress", ps, ps,       # node 2, 2 steps
+                                    ps, "executing", ps, "progress", ps, "progress", ps,       # node 2, 2 steps
                                     ps, "executing", ps, "executed",                           # node 3
                                     "execution_success", "executing"]
         states = [d for k, d in execution if k == ps]
@@ -41,6 +41,10 @@ async def test_event_sequence_goes_to_the_posting_client_only(tmp_path):
         # every message carries all started nodes: node 2's step 1 of 2 beside node 1 finished
         assert {k: (v["state"], v["value"], v["max"]) for k, v in states[3]["nodes"].items()} == {
             "1": ("finished", 1, 1), "2": ("running", 1, 2)}
+        # each step's progress_state comes right before its progress, with the same value (ComfyUI's order)
+        steps = [(k, d["value"] if k == "progress" else d["nodes"]["2"]["value"]) for k, d in execution
+                 if k == "progress" or (k == ps and d["nodes"].get("2", {}).get("state") == "running")]
+        assert steps == [(ps, 0), (ps, 1), ("progress", 1), (ps, 2), ("progress", 2)]
         assert {k: (v["state"], v["value"], v["max"]) for k, v in states[-1]["nodes"].items()} == {
             "1": ("finished", 1, 1), "2": ("finished", 2, 2), "3": ("finished", 1, 1)}
         assert [d["node"] for k, d in execution if k == "executing"] == ["1", "2", "3", None]
@@ -66,8 +70,14 @@ async def test_event_sequence_goes_to_the_posting_client_only(tmp_path):
         frames = await receive_until_done(mine, again["prompt_id"])
         cached = next(d for k, d in frames if k == "execution_cached")
         assert sorted(cached["nodes"]) == ["1", "2", "3"]
-        assert "progress" not in types(frames) and "progress_state" not in types(frames)
-        assert "executed" in types(frames)
+        # the cached output node is still visited: its UI again, then its finished state (ComfyUI's order)
+        assert [k for k in types(frames) if k != "status"] == [
+            "execution_start", "execution_cached", "executed", ps, "execution_success", "executing"]
+        finished = next(d for k, d in frames if k == ps)
+        assert {k: (v["state"], v["value"], v["max"]) for k, v in finished["nodes"].items()} == {
+            "3": ("finished", 1, 1)}
+        # queued, dequeued (the running prompt still counts, however fast it ran), done
+        assert [d["status"]["exec_info"]["queue_remaining"] for k, d in frames if k == "status"] == [1, 1, 0]
         await mine.close()
         await other.close()
 
@@ -270,8 +280,8 @@ async def test_100_prompts_10_clients_one_never_reads(tmp_path):
 
         results = await asyncio.gather(*(collect(cid, ws) for cid, ws in readers.items()))
         ps = "progress_state"
-        expected = ["execution_start", "execution_cached", ps, "executing", ps, ps, "executing", "progress", ps,
-                    "progress", ps, ps, ps, "executing", ps, "executed", "execution_success", "executing"]
+        expected = ["execution_start", "execution_cached", ps, "executing", ps, ps, "executing", ps, "progress",
+                    ps, "progress", ps, ps, "executing", ps, "executed", "execution_success", "executing"]
         for seen in results:
             assert len(seen) == 10 and all(types_ == expected for types_ in seen.values()), seen
         for pid, owner in owners.items():
