@@ -32,6 +32,9 @@ WORKFLOWS: dict[str, tuple[str, dict[str, Any]]] = {
     "inpaint_model_conditioning": ("inpaint_model", {
         "prompt": "a red circle on the left and a white circle on the right on a blue background",
         "method": "conditioning", "filename_prefix": "inpaint_model_conditioning"}),
+    "clipseg_inpaint": ("clipseg_inpaint", {
+        "prompt": "a green square on the left and a yellow square on the right on a blue background",
+        "text": "the red circle"}),
     "outpaint": ("outpaint", {
         "prompt": "a large green square on the left and a small red circle on the right on a white background"}),
     "depth2img": ("depth2img", {

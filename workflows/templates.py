@@ -16,6 +16,7 @@ BASE_CHECKPOINT = "graphengine-demo.safetensors"
 INPAINT_CHECKPOINT = "graphengine-demo-inpaint.safetensors"
 DEPTH_CHECKPOINT = "graphengine-demo-depth.safetensors"
 DEMO_LORA = "graphengine-demo-corners.safetensors"  # models/loras/: teaches the demo model shapes in the corners
+DEMO_CLIPSEG = "graphengine-demo-clipseg"  # models/clipseg/: finds "the red circle" in the shapes scenes
 UPSCALE_MODEL = "RealESRGAN_x2plus.pth"  # models/upscale_models/: not bundled (RealESRGAN's own 2x release file)
 AREA_MIN = 64  # ConditioningSetArea's smallest width/height in pixels
 
@@ -126,6 +127,25 @@ def inpaint_model(prompt: str, image: str = "inpaint_image.png", mask: str = "in
     mask_out = g.LoadImageMask(image=mask, channel="red")[0]
     sampling = dict(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler)
     sampled = _inpaint_model_sampling(g, model, vae, positive, negative_cond, pixels, mask_out, method,
+                                      grow_mask_by, sampling)
+    _decode_and_save(g, sampled, vae, filename_prefix)
+    return g
+
+
+def clipseg_inpaint(prompt: str, text: str = "the red circle", image: str = "inpaint_image.png",
+                    clipseg_model: str = DEMO_CLIPSEG, threshold: float = 0.4, blur: float = 1.0,
+                    dilation_factor: int = 2, grow_mask_by: int = 6, negative: str = "", steps: int = 20,
+                    cfg: float = 5.0, sampler: str = "euler", scheduler: str = "normal", seed: int = 0,
+                    checkpoint: str = INPAINT_CHECKPOINT, filename_prefix: str = "clipseg_inpaint", *,
+                    registry: NodeRegistry | None = None) -> Graph:
+    """Inpaint what `text` names: CLIPSeg finds it (no hand-drawn mask), the 9-channel inpaint model repaints it."""
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    pixels = g.LoadImage(image=image).IMAGE
+    mask = g.CLIPSeg(image=pixels, text=text, threshold=threshold, blur=blur, dilation_factor=dilation_factor,
+                     model_name=clipseg_model)[0]
+    sampling = dict(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler)
+    sampled = _inpaint_model_sampling(g, model, vae, positive, negative_cond, pixels, mask, "encode",
                                       grow_mask_by, sampling)
     _decode_and_save(g, sampled, vae, filename_prefix)
     return g
@@ -282,6 +302,7 @@ TEMPLATES = {
     "img2img": img2img,
     "inpaint": inpaint,
     "inpaint_model": inpaint_model,
+    "clipseg_inpaint": clipseg_inpaint,
     "outpaint": outpaint,
     "depth2img": depth2img,
     "hires_fix": hires_fix,

@@ -36,6 +36,15 @@ def write_demo_named_checkpoints(models: Path) -> None:
     save_checkpoint(folder / DEPTH_CHECKPOINT, tiny_unet(in_channels=5, seed=4), vae, [text], "custom")
     write_demo_named_lora(models / "loras")
     write_demo_named_upscale_model(models / "upscale_models")
+    write_demo_named_clipseg(models / "clipseg")
+
+
+def write_demo_named_clipseg(folder: Path) -> None:
+    """A tiny random CLIPSeg folder under the demo CLIPSeg's name."""
+    from tests.clipseg.test_clipseg import write_tiny_clipseg
+    from workflows.templates import DEMO_CLIPSEG
+
+    write_tiny_clipseg(folder / DEMO_CLIPSEG)
 
 
 def write_demo_named_upscale_model(folder: Path) -> None:

@@ -26,6 +26,7 @@ EXPECTED_IMAGES = {
     "lora": (1, (64, 64)),
     "inpaint": (1, (64, 64)),
     "inpaint_model": (1, (64, 64)),
+    "clipseg_inpaint": (1, (64, 64)),
     "inpaint_model_conditioning": (1, (64, 64)),
     "outpaint": (1, (64, 64)),  # the 32-px-wide sample padded by 32 on the right
     "depth2img": (1, (64, 64)),
