@@ -143,7 +143,7 @@ def clipseg_inpaint(prompt: str, text: str = "the red circle", image: str = "inp
     model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
     pixels = g.LoadImage(image=image).IMAGE
     mask = g.CLIPSeg(image=pixels, text=text, threshold=threshold, blur=blur, dilation_factor=dilation_factor,
-                     model_name=clipseg_model)[0]
+                     use_cuda=True, every_batch=False, model_name=clipseg_model)[0]
     sampling = dict(seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler)
     sampled = _inpaint_model_sampling(g, model, vae, positive, negative_cond, pixels, mask, "encode",
                                       grow_mask_by, sampling)

@@ -135,16 +135,18 @@ def test_convert_prints_the_api_prompt(example_nodes, tmp_path, capsys):
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
     ("{not json", "invalid JSON"),
-    ('{"nodes": [{"id": 1, "type": "Nope", "widgets_values": []}], "links": []}', "unknown node type 'Nope'"),
+    ('{"nodes": [{"id": 1, "type": "Nope", "widgets_values": []}], "links": []}', "node 1 (Nope): unknown node type"),
     ("[1, 2]", "neither a UI-format workflow nor an API-format prompt"),
 ])
 def test_convert_errors_exit_2_with_one_line(example_nodes, tmp_path, capsys, content, message):
+    """One line per problem: a single error line, or a header plus one line per unknown node type."""
     source = tmp_path / "in.json"
     if content is not None:
         source.write_text(content)
     assert main(["convert", str(source), "--base-dir", str(tmp_path)]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err
+    lines = 2 if "unknown node type" in message else 1
+    assert captured.out == "" and captured.err.count("\n") == lines and message in captured.err
 
 
 def test_cli_template_runs_like_graphengine_run(templates_installed, models_dir, tmp_path, capsys):
