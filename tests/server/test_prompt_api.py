@@ -10,7 +10,7 @@ from .harness import async_test, chain, serve
 @async_test
 async def test_valid_prompt_is_queued_then_recorded_in_history(tmp_path):
     async with serve(tmp_path) as srv:
-        reply = await srv.post_prompt(chain(value=5, steps=3, delay=0.05, tag="a"), client_id="c1")
+        reply = await srv.post_prompt(chain(value=5, steps=3, delay=0.4, tag="a"), client_id="c1")
         assert set(reply) == {"prompt_id", "number", "node_errors"}
         assert reply["node_errors"] == {}
         queue = await (await srv.client.get("/queue")).json()
