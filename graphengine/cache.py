@@ -154,10 +154,12 @@ def _fingerprint_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=repr)
 
 
-def compute_signatures(nodes: dict[str, NodeCall], order: list[str], services: Any = None) -> dict[str, str]:
+def compute_signatures(nodes: dict[str, NodeCall], order: list[str], services: Any = None,
+                       known: dict[str, str] | None = None) -> dict[str, str]:
     """Input signature of every node: class, constants, fingerprint and the ancestors' signatures — never node ids
-    (except for NOT_IDEMPOTENT nodes), so identical sub-graphs share results. `order` is a topological order."""
-    signatures: dict[str, str] = {}
+    (except for NOT_IDEMPOTENT nodes), so identical sub-graphs share results. `order` is a topological order;
+    `known` holds signatures already computed for nodes outside `order` that these nodes may link to."""
+    signatures: dict[str, str] = dict(known or {})
     for node_id in order:
         call = nodes[node_id]
         schema = call.schema

@@ -163,6 +163,8 @@ def output_files(outputs: dict[str, dict[str, Any]], config: RuntimeConfig) -> l
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     registry = build_registry(config)
+    if registry.packs:
+        print(registry.pack_summary(), file=sys.stderr)
     prompt, extra_pnginfo = _load(args, registry)
     if args.server:
         return submit_to_server(args.server, prompt, extra_pnginfo, args)

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from .options import available_cores, engine_version
-from .runtime import RuntimeConfig, build_registry
+from .runtime import RuntimeConfig, build_registry, custom_node_folders
 
 # (extra, what it adds, an importable module that is present when it is installed)
 OPTIONAL_EXTRAS = (
@@ -38,9 +38,13 @@ def gather_report(config: RuntimeConfig) -> dict[str, Any]:
         "extra_model_paths": [str(p) for p in config.extra_model_paths],
         "node_types": len(registry),
         "extras": {name: {"installed": _installed(module), "for": what} for name, what, module in OPTIONAL_EXTRAS},
-        "custom_nodes_dirs": [str(p) for p in config.custom_nodes_dirs],
+        "custom_nodes_dirs": [str(p) for p in custom_node_folders(config)],
         "custom_packs_loaded": list(registry.packs_loaded),
         "custom_packs_failed": [{"path": e.path, "error": e.message} for e in registry.pack_errors],
+        "custom_packs": [{"name": r.name, "path": r.path, "seconds": round(r.seconds, 3), "nodes": len(r.nodes),
+                          "error": r.error, "skipped_nodes": r.node_errors, "web_directory": r.web_dir,
+                          "requirements": r.requirements, "requirements_not_installed": r.missing_requirements}
+                         for r in registry.packs],
     }
     info = getattr(registry.services, "doctor_info", None)
     if callable(info):
@@ -56,6 +60,9 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append("extras:")
             lines += [f"  {name}: {'installed' if e['installed'] else 'not installed'} ({e['for']})"
                       for name, e in value.items()]
+        elif key == "custom_packs":
+            lines.append(f"{label}: {'none' if not value else ''}".rstrip())
+            lines += [_pack_line(pack) for pack in value]
         elif key == "custom_packs_failed":
             lines.append(f"{label}: {'none' if not value else ''}".rstrip())
             lines += [f"  {e['path']}: {e['error']}" for e in value]
@@ -67,3 +74,13 @@ def format_report(report: dict[str, Any]) -> str:
         else:
             lines.append(f"{label}: {value}")
     return "\n".join(lines)
+
+
+def _pack_line(pack: dict[str, Any]) -> str:
+    state = f"IMPORT FAILED: {pack['error']}" if pack["error"] else f"{pack['nodes']} nodes"
+    line = f"  {pack['name']}: {state} ({pack['seconds']:.1f} s; {pack['path']})"
+    if pack["web_directory"]:
+        line += f"; web: {pack['web_directory']}"
+    if pack["requirements_not_installed"]:
+        line += f"; requirements not installed: {', '.join(pack['requirements_not_installed'])}"
+    return line

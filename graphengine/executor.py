@@ -14,9 +14,9 @@ from .context import CancelToken, ExecutionContext, Interrupted
 from .events import (Event, EventHub, Executed, ExecutionCached, ExecutionError, ExecutionInterrupted, Executing,
                      ExecutionStart, ExecutionSuccess, ProgressState)
 from .memory import is_out_of_memory
-from .node import NodeOutput
+from .node import ExecutionBlocker, NodeOutput
 from .registry import NodeRegistry
-from .validation import Link, NodeCall, ValidatedPrompt, validate_prompt
+from .validation import Link, NodeCall, ValidatedPrompt, validate_expansion, validate_prompt
 
 
 @dataclass
@@ -49,6 +49,11 @@ class NodeExecutionError(Exception):
 def _merge_ui(into: dict[str, Any], ui: dict[str, Any]) -> None:
     for key, value in ui.items():
         into.setdefault(key, []).extend(value if isinstance(value, list) else [value])
+
+
+def _is_link(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
+            and isinstance(value[1], int) and not isinstance(value[1], bool))
 
 
 def _describe_inputs(inputs: dict[str, list[Any]]) -> dict[str, list[str]]:
@@ -195,14 +200,25 @@ class _Run:
         outputs: list[list[Any]] = [[] for _ in schema.outputs]
         ui: dict[str, Any] = {}
         try:
-            for kwargs in self._calls(schema.input_is_list, inputs):
+            for index, kwargs in enumerate(self._calls(schema.input_is_list, inputs)):
+                blocker = next((v for v in kwargs.values() if isinstance(v, ExecutionBlocker)), None)
+                if blocker is not None:
+                    self._blocked(call, blocker)
+                    for slot in outputs:
+                        slot.append(ExecutionBlocker(None))
+                    continue
                 returned = schema.cls.model_construct(**kwargs).execute(ctx)
-                values, call_ui = (returned.values, returned.ui) if isinstance(returned, NodeOutput) else (returned, None)
+                values, call_ui, expand = ((returned.values, returned.ui, returned.expand)
+                                           if isinstance(returned, NodeOutput) else (returned, None, None))
                 if not isinstance(values, tuple) or len(values) != len(schema.outputs):
                     raise TypeError(f"{schema.name}.execute must return a tuple of {len(schema.outputs)} values, "
                                     f"got {type(values).__name__}")
+                expanded = self._expand(call, index, expand, values) if expand else {}
                 for slot, (out, value) in enumerate(zip(schema.outputs, values)):
-                    outputs[slot].extend(value) if out.is_list else outputs[slot].append(value)
+                    if slot in expanded:
+                        outputs[slot].extend(expanded[slot])
+                    else:
+                        outputs[slot].extend(value) if out.is_list else outputs[slot].append(value)
                 if call_ui:
                     _merge_ui(ui, call_ui)
         except Interrupted:
@@ -219,6 +235,47 @@ class _Run:
             if schema.output_node:
                 self.result.outputs[node_id] = ui
             self.emit(Executed(self.prompt_id, node=node_id, output=ui))
+
+    def _blocked(self, call: NodeCall, blocker: ExecutionBlocker) -> None:
+        """ComfyUI reports a block with a message as an execution error, once, and the prompt goes on."""
+        if blocker.message is not None:
+            self.emit(ExecutionError(self.prompt_id, node_id=call.node_id, node_type=call.class_type,
+                                     executed=list(self.result.executed),
+                                     exception_message=f"Execution Blocked: {blocker.message}",
+                                     exception_type="ExecutionBlocked"))
+
+    def _expand(self, call: NodeCall, index: int, graph: Any, values: tuple[Any, ...]) -> dict[int, list[Any]]:
+        """Run the graph a node expanded into; returns, per output slot that links into it, the linked values.
+
+        The graph's ids become `<node>.<call>.0.<id>` (ComfyUI's expansion id shape), so repeated and nested
+        expansions never collide."""
+        if not isinstance(graph, dict):
+            raise TypeError(f"{call.class_type} expanded into a {type(graph).__name__}, not an API-format graph")
+        prefix = f"{call.node_id}.{index}.0."
+        local = {str(k) for k in graph}
+
+        def rename(value: Any) -> Any:
+            if _is_link(value) and str(value[0]) in local:
+                return [prefix + str(value[0]), value[1]]
+            return value
+
+        renamed = {prefix + str(k): {**node, "inputs": {n: rename(v) for n, v in (node.get("inputs") or {}).items()}}
+                   if isinstance(node, dict) else node for k, node in graph.items()}
+        new_calls = validate_expansion(renamed, self.ex.registry, self.prompt.nodes)
+        for new in new_calls:
+            self.prompt.nodes[new.node_id] = new
+        self.signatures.update(compute_signatures(self.prompt.nodes, [c.node_id for c in new_calls],
+                                                  self.ex.registry.services, known=self.signatures))
+        linked: dict[int, list[Any]] = {}
+        for slot, value in enumerate(values):
+            target = rename(value)
+            if target is not value:
+                self.ensure(target[0])
+                linked[slot] = list(self.values[target[0]][target[1]])
+        for new in new_calls:
+            if new.schema.output_node:
+                self.ensure(new.node_id)
+        return linked
 
     @staticmethod
     def _calls(input_is_list: bool, inputs: dict[str, list[Any]]):

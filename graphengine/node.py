@@ -17,10 +17,22 @@ if TYPE_CHECKING:
 
 @dataclass
 class NodeOutput:
-    """What `execute` may return instead of a plain tuple: output values plus UI data (images, text…)."""
+    """What `execute` may return instead of a plain tuple: output values plus UI data (images, text…).
+
+    `expand` is an API-format graph run in place of the node (ComfyUI's node expansion); a value that is a link
+    `[node_id, slot]` into that graph stands for that node's output."""
 
     values: tuple[Any, ...] = ()
     ui: dict[str, Any] | None = None
+    expand: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ExecutionBlocker:
+    """An output value that stops every node it reaches from running; with a message the block is reported as an
+    `execution_error` (type ExecutionBlocked) while the prompt goes on."""
+
+    message: str | None = None
 
 
 class Node(BaseModel):
@@ -42,6 +54,15 @@ class Node(BaseModel):
     HIDDEN: ClassVar[dict[str, str]] = {}
     # Inputs whose built-in checks (min/max/combo list) are replaced by `validate_inputs`.
     CUSTOM_VALIDATED: ClassVar[frozenset[str]] = frozenset()
+    # True: `validate_inputs` also gets `input_types` (linked input name -> output type) and replaces the link
+    # type check (ComfyUI's VALIDATE_INPUTS taking `input_types`).
+    CHECKS_LINK_TYPES: ClassVar[bool] = False
+
+    @classmethod
+    def render_object_info(cls, info: dict[str, Any], services: Any = None) -> dict[str, Any]:
+        """This class's `/object_info` entry, given the one built from its schema (adapters of foreign node
+        protocols render their own)."""
+        return info
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], services: Any = None) -> Any:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import sys
+import time
 import traceback
+import types
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .comfy_packs import builtin_shims, is_comfy_module, register_comfy_module, requirements, web_directory
 from .node import Node, NodeDefinitionError, NodeSchema, schema_of
 
 
@@ -21,6 +24,26 @@ class PackLoadError:
     path: str
     message: str
     traceback: str
+
+
+@dataclass
+class PackRecord:
+    """One custom node pack as loaded: its nodes, import time, error, frontend folder and requirements."""
+
+    name: str
+    path: str
+    seconds: float = 0.0
+    nodes: list[str] = field(default_factory=list)
+    error: str | None = None
+    traceback: str = ""
+    node_errors: list[str] = field(default_factory=list)  # node classes skipped in a pack that loaded
+    web_dir: str | None = None
+    requirements: list[str] = field(default_factory=list)
+    missing_requirements: list[str] = field(default_factory=list)
+
+    @property
+    def loaded(self) -> bool:
+        return self.error is None
 
 
 class NodeRegistry:
@@ -34,9 +57,15 @@ class NodeRegistry:
         self._missing_hints: dict[str, str] = {}
         self.pack_errors: list[PackLoadError] = []
         self.packs_loaded: list[str] = []  # custom node packs loaded from folders (paths)
+        self.packs: list[PackRecord] = []  # every custom node pack tried, in load order
+        self._import_shims: dict[str, Callable[[], types.ModuleType]] = {}
+        for name, factory in builtin_shims().items():
+            self.add_import_shim(name, factory)
 
-    def register(self, cls: type[Node], *, python_module: str = "nodes", display_name: str | None = None) -> NodeSchema:
-        schema = schema_of(cls)
+    def register(self, cls: type[Node], *, python_module: str = "nodes", display_name: str | None = None,
+                 schema: NodeSchema | None = None) -> NodeSchema:
+        """Register a node class (`schema`: one built by an adapter instead of read from the class)."""
+        schema = schema or schema_of(cls)
         if display_name:
             schema = NodeSchema(**{**schema.__dict__, "display_name": display_name})
         self._schemas[schema.name] = schema
@@ -131,24 +160,40 @@ class NodeRegistry:
             info["deprecated"] = True
         if s.cls.EXPERIMENTAL:
             info["experimental"] = True
-        return info
+        return s.cls.render_object_info(info, self.services)
 
     def object_info(self) -> dict[str, Any]:
         return {name: self.node_info(name) for name in self._schemas}
 
     # -- custom node packs ----------------------------------------------------------------------------------------
 
-    def load_folder(self, folder: str | Path) -> list[str]:
-        """Load every pack (a `.py` file or a package) in `folder`.
+    def add_import_shim(self, name: str, factory: Callable[[], types.ModuleType]) -> None:
+        """Provide module `name` to custom node packs: before a pack is imported, `factory()` is put into
+        sys.modules under `name` unless something is there already (parents before children)."""
+        self._import_shims[name] = factory
 
-        A pack exports `NODE_CLASSES` (a list of Node subclasses) or `register(registry)`. A pack that fails is
-        recorded in `pack_errors` and skipped. Returns the names of the packs loaded."""
+    def install_import_shims(self) -> None:
+        for name in sorted(self._import_shims, key=lambda n: n.count(".")):
+            if name in sys.modules:
+                continue
+            module = self._import_shims[name]()
+            sys.modules[name] = module
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules and not hasattr(sys.modules[parent], child):
+                setattr(sys.modules[parent], child, module)
+
+    def load_folder(self, folder: str | Path) -> list[str]:
+        """Load every pack (a `.py` file or a package) in `folder`, each on its own, timed.
+
+        A pack exports ComfyUI's `NODE_CLASS_MAPPINGS` (V1 classes or V3 `io.ComfyNode` classes) or
+        `comfy_entrypoint`, or this engine's `NODE_CLASSES` (Node subclasses) or `register(registry)`. A pack that
+        fails is recorded in `pack_errors` and skipped. Every pack tried is in `packs`. Returns the names loaded."""
         loaded: list[str] = []
         root = Path(folder)
         if not root.is_dir():
             return loaded
         for entry in sorted(root.iterdir()):
-            if entry.name.startswith((".", "_")):
+            if entry.name.startswith((".", "_")) or entry.name.endswith(".disabled"):
                 continue
             if entry.is_file() and entry.suffix == ".py":
                 pack, init = entry.stem, entry
@@ -156,17 +201,24 @@ class NodeRegistry:
                 pack, init = entry.name, entry / "__init__.py"
             else:
                 continue
+            record = PackRecord(pack, str(entry))
+            started = time.perf_counter()
             try:
-                self._load_pack(pack, init)
+                self._load_pack(pack, init, record)
                 loaded.append(pack)
                 self.packs_loaded.append(str(entry))
             except Exception as exc:  # noqa: BLE001 - one broken pack must not stop the others
-                self.pack_errors.append(PackLoadError(str(entry), f"{type(exc).__name__}: {exc}",
-                                                      traceback.format_exc()))
+                record.error, record.traceback = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+                self.pack_errors.append(PackLoadError(str(entry), record.error, record.traceback))
+            record.seconds = time.perf_counter() - started
+            if entry.is_dir():
+                record.requirements, record.missing_requirements = requirements(entry)
+            self.packs.append(record)
         return loaded
 
-    def _load_pack(self, pack: str, init: Path) -> None:
+    def _load_pack(self, pack: str, init: Path, record: PackRecord) -> None:
         module_name = f"custom_nodes.{pack}"
+        self.install_import_shims()
         spec = importlib.util.spec_from_file_location(module_name, init,
                                                       submodule_search_locations=[str(init.parent)]
                                                       if init.name == "__init__.py" else None)
@@ -179,9 +231,39 @@ class NodeRegistry:
         except BaseException:
             sys.modules.pop(module_name, None)
             raise
+        before = set(self._schemas)
+        if is_comfy_module(module):
+            register_comfy_module(self, module, module_name, record)
+            if init.name == "__init__.py":
+                web = web_directory(module, init.parent)
+                record.web_dir = str(web) if web else None
+            return
         if callable(getattr(module, "register", None)):
             module.register(self)
         elif isinstance(getattr(module, "NODE_CLASSES", None), (list, tuple)):
             self.register_all(module.NODE_CLASSES, python_module=module_name)
         else:
-            raise NodeDefinitionError(f"{init}: export NODE_CLASSES or register(registry)")
+            raise NodeDefinitionError(f"{init}: export NODE_CLASS_MAPPINGS, comfy_entrypoint, NODE_CLASSES "
+                                      "or register(registry)")
+        record.nodes = [n for n in self._schemas if n not in before]
+
+    def web_directories(self) -> dict[str, Path]:
+        """Pack name -> the frontend folder it declared (WEB_DIRECTORY), served under /extensions/<pack>/."""
+        return {r.name: Path(r.web_dir) for r in self.packs if r.loaded and r.web_dir}
+
+    def pack_summary(self) -> str:
+        """ComfyUI-style import summary: one line per pack with its import time, failures marked."""
+        if not self.packs:
+            return ""
+        lines = ["Import times for custom nodes:"]
+        for record in sorted(self.packs, key=lambda r: r.seconds):
+            state = "" if record.loaded else " (IMPORT FAILED)"
+            lines.append(f"{record.seconds:6.1f} seconds{state}: {record.path}")
+        for record in self.packs:
+            if record.error:
+                lines.append(f"Cannot import {record.path}: {record.error}")
+            lines += [f"{record.name}: skipped node {problem}" for problem in record.node_errors]
+            if record.missing_requirements:
+                lines.append(f"{record.name}: requirements.txt lists packages that are not installed "
+                             f"(not installed automatically): {', '.join(record.missing_requirements)}")
+        return "\n".join(lines)

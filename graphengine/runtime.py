@@ -1,7 +1,8 @@
 """Where a running engine keeps its files, and how node packs are found and registered.
 
 The engine never imports a node pack by name: packs announce themselves through the `graphengine.nodes` entry-point
-group (a callable `register(registry, config)`), and custom node folders are loaded from `custom_nodes_dirs`."""
+group (a callable `register(registry, config)`), and custom node folders are loaded from `custom_nodes/` beside
+the models folder and from `custom_nodes_dirs`."""
 
 from __future__ import annotations
 
@@ -67,6 +68,17 @@ def build_registry(config: RuntimeConfig | None = None) -> NodeRegistry:
     registry = NodeRegistry()
     for register in pack_registrars():
         register(registry, config)
-    for folder in config.custom_nodes_dirs:
+    for folder in custom_node_folders(config):
         registry.load_folder(folder)
     return registry
+
+
+def custom_node_folders(config: RuntimeConfig) -> list[Path]:
+    """The folders of custom node packs: `custom_nodes/` beside the models folder when it exists (as in ComfyUI),
+    then the ones given (`--custom-nodes`), each once."""
+    folders: list[Path] = []
+    default = Path(config.models_dir).parent / "custom_nodes"
+    for folder in ([default] if default.is_dir() else []) + [Path(f) for f in config.custom_nodes_dirs]:
+        if all(folder.resolve() != known.resolve() for known in folders):
+            folders.append(folder)
+    return folders

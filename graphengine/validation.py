@@ -241,8 +241,9 @@ def _parse_link(name: str, value: list[Any], nodes: dict[str, Any]) -> Link:
 
 
 class _Validator:
-    def __init__(self, prompt: Any, registry: NodeRegistry) -> None:
+    def __init__(self, prompt: Any, registry: NodeRegistry, raw_constants: bool = False) -> None:
         self.registry = registry
+        self.raw_constants = raw_constants
         self.services = registry.services
         self.raw = prompt
         self.calls: dict[str, NodeCall] = {}
@@ -298,6 +299,7 @@ class _Validator:
         errors: list[dict[str, Any]] = []
         raw_inputs, checked = call.inputs, {}
         parents: list[str] = []
+        link_types: dict[str, str] = {}
         schema = call.schema
         for name, info in schema.inputs.items():
             if name not in raw_inputs:
@@ -316,7 +318,8 @@ class _Validator:
                                           f"{len(source.outputs)} outputs, got index {link.slot}",
                                           input_name=name, linked_node=raw)
                     out_type = source.outputs[link.slot].type
-                    if not types_match(out_type, info.spec.type):
+                    link_types[name] = out_type
+                    if not schema.cls.CHECKS_LINK_TYPES and not types_match(out_type, info.spec.type):
                         raise InputError("return_type_mismatch", "Return type mismatch between linked nodes",
                                           f"{name}, received_type({out_type}) mismatch input_type({info.spec.type})",
                                           input_name=name,
@@ -324,6 +327,8 @@ class _Validator:
                                           received_type=out_type, linked_node=raw)
                     checked[name] = link
                     parents.append(link.node_id)
+                elif self.raw_constants and not info.spec.is_widget and info.spec.type not in _COERCERS:
+                    checked[name] = raw  # an expanded graph may hand any value to a socket
                 else:
                     checked[name] = coerce_constant(info, raw, self.services,
                                                     check_values=name not in schema.custom_validated)
@@ -333,7 +338,8 @@ class _Validator:
         if not errors and schema.has_validation:
             constants = {k: v for k, v in checked.items() if not isinstance(v, Link)}
             try:
-                verdict = schema.cls.validate_inputs(constants, self.services)
+                verdict = (schema.cls.validate_inputs(constants, self.services, input_types=link_types)
+                           if schema.cls.CHECKS_LINK_TYPES else schema.cls.validate_inputs(constants, self.services))
             except Exception as exc:  # noqa: BLE001 - a node's hook must not take validation down
                 errors.append(error_dict("exception_during_validation", f"{type(exc).__name__}: {exc}", "",
                                          exception_type=type(exc).__name__, traceback=traceback.format_exc()))
@@ -447,3 +453,29 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, partial_execution_targe
         raise PromptValidationError(error_dict("exception_during_validation", f"{type(exc).__name__}: {exc}", "",
                                                exception_type=type(exc).__name__,
                                                traceback=traceback.format_exc())) from exc
+
+
+def validate_expansion(graph: Any, registry: NodeRegistry, known: dict[str, NodeCall]) -> list[NodeCall]:
+    """Check the nodes of an expanded graph (ComfyUI's node expansion); links may also point at `known` nodes.
+
+    Returns the new calls in dependency order; raises PromptValidationError with the node errors."""
+    validator = _Validator(graph, registry, raw_constants=True)
+    validator.structure()
+    new_ids = list(validator.calls)
+    duplicates = [n for n in new_ids if n in known]
+    if duplicates:
+        raise PromptValidationError(error_dict("invalid_prompt", "Expanded graph reuses existing node ids",
+                                               ", ".join(duplicates[:_MAX_CYCLE_SHOWN])))
+    validator.calls = {**known, **validator.calls}
+    parents = {n: [p for p in validator.check_node(validator.calls[n]) if p in graph] for n in new_ids}
+    order = _topological_order(parents)
+    if len(order) < len(parents):
+        validator.errors.setdefault(new_ids[0], []).append(
+            error_dict("dependency_cycle", "Dependency cycle detected", "in an expanded graph"))
+    if validator.errors:
+        node_errors = {n: {"errors": e, "dependent_outputs": [], "class_type": validator.calls[n].class_type}
+                       for n, e in validator.errors.items()}
+        details = "; ".join(f"{n}: {e[0]['message']}: {e[0]['details']}" for n, e in validator.errors.items())
+        raise PromptValidationError(error_dict("invalid_prompt", "Expanded graph failed validation", details),
+                                    node_errors)
+    return [validator.calls[n] for n in order]

@@ -72,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"refusing to listen on {config.listen} without --auth-token", file=sys.stderr)
         return 2
     app = create_app(config)
-    for failed in app[STATE].registry.pack_errors:
+    registry = app[STATE].registry
+    if registry.packs:
+        print(registry.pack_summary(), file=sys.stderr, flush=True)
+    for failed in registry.pack_errors:
         logging.getLogger("graphengine.server").warning("custom node pack %s failed to load: %s", failed.path,
                                                         failed.message)
     hosts = config.listen_hosts

@@ -137,8 +137,14 @@ async def models_in_folder(request: web.Request) -> web.Response:
     return web.json_response(files)
 
 
+def extension_scripts(web_dirs: dict[str, Any]) -> list[str]:
+    """The URLs of the packs' frontend scripts, as ComfyUI lists them (every .js file under WEB_DIRECTORY)."""
+    return [f"/extensions/{pack}/{path.relative_to(root).as_posix()}"
+            for pack, root in sorted(web_dirs.items()) for path in sorted(root.rglob("*.js")) if path.is_file()]
+
+
 async def extensions(request: web.Request) -> web.Response:
-    return web.json_response([])
+    return web.json_response(await off_loop(extension_scripts, state_of(request).registry.web_directories()))
 
 
 async def i18n(request: web.Request) -> web.Response:

@@ -60,20 +60,40 @@ def static_handler(web_root: Path):
     mistyped API call reads the same with or without the editor installed."""
 
     async def serve_file(request: web.Request) -> web.StreamResponse:
-        relative = request.match_info["path"]
-        if request.method not in ("GET", "HEAD"):
-            return json_error(404, "not_found", "Not found", request.path[:200])
-        try:
-            check_component(relative, "path", allow_slash=True)
-            path = contained_path(web_root, relative)
-        except PathRejected as exc:
-            return exc.response()
-        if not path.is_file():
-            return json_error(404, "not_found", "Not found", request.path[:200])
-        headers = {"Content-Type": JS_MIME} if path.suffix in (".js", ".mjs") else None
-        return web.FileResponse(path, headers=headers)
+        return await serve_static(request, web_root, request.match_info["path"])
 
     return serve_file
+
+
+async def serve_static(request: web.Request, web_root: Path, relative: str) -> web.StreamResponse:
+    """The file at `relative` under `web_root` (GET/HEAD), or a JSON 404; paths that escape are rejected."""
+    if request.method not in ("GET", "HEAD"):
+        return json_error(404, "not_found", "Not found", request.path[:200])
+    try:
+        check_component(relative, "path", allow_slash=True)
+        path = contained_path(web_root, relative)
+    except PathRejected as exc:
+        return exc.response()
+    if not path.is_file():
+        return json_error(404, "not_found", "Not found", request.path[:200])
+    headers = {"Content-Type": JS_MIME} if path.suffix in (".js", ".mjs") else None
+    return web.FileResponse(path, headers=headers)
+
+
+def pack_extension_handler(web_root: Path | None):
+    """A custom node pack's frontend files (its WEB_DIRECTORY) at /extensions/<pack>/…; other /extensions/ paths
+    (the editor's own, e.g. /extensions/core/) come from the web root."""
+
+    async def serve_extension(request: web.Request) -> web.StreamResponse:
+        pack = request.match_info["pack"]
+        root = state_of(request).registry.web_directories().get(pack)
+        if root is not None:
+            return await serve_static(request, root, request.match_info["path"])
+        if web_root is None:
+            return json_error(404, "not_found", "Not found", request.path[:200])
+        return await serve_static(request, web_root, f"extensions/{pack}/{request.match_info['path']}")
+
+    return serve_extension
 
 
 # -- boot routes without engine meaning ---------------------------------------------------------------------------------
@@ -171,5 +191,6 @@ def setup(app: web.Application, web_root: Path | None) -> None:
     app.router.add_get("/internal/logs/raw", internal_logs_raw)
     app.router.add_route("PATCH", "/internal/logs/subscribe", internal_logs_subscribe)
     app.router.add_get("/", index_handler(web_root))
+    app.router.add_get("/extensions/{pack}/{path:.+}", pack_extension_handler(web_root))
     if web_root is not None:
         app.router.add_route("*", "/{path:.+}", static_handler(web_root))

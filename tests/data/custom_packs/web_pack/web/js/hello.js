@@ -1,0 +1,1 @@
+import { app } from "../../scripts/app.js"; app.registerExtension({ name: "webpack.hello" });
