@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -153,12 +154,20 @@ def named_inputs(function: Callable[..., Any], inputs: Mapping[str, Any]) -> fro
 
 
 def settle(result: Any) -> Any:
-    """Await what an `async` node function returned (a node runs on a worker thread without an event loop)."""
-    if inspect.isawaitable(result):
-        async def wait() -> Any:
-            return await result
+    """Await what an `async` pack function returned: here when this thread has no event loop running (a node on
+    a worker thread), else on a thread of its own (a registry built inside a running server)."""
+    if not inspect.isawaitable(result):
+        return result
+
+    async def wait() -> Any:
+        return await result
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
         return asyncio.run(wait())
-    return result
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, wait()).result()
 
 
 def verdict(result: Any) -> bool | str:
