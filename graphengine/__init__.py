@@ -6,7 +6,7 @@ from .context import CancelToken, ExecutionContext, Interrupted
 from .events import (Event, EventHub, Executed, ExecutionCached, ExecutionError, ExecutionInterrupted, Executing,
                      ExecutionStart, ExecutionSuccess, Progress, ProgressPreview)
 from .executor import ExecutionResult, Executor, NodeExecutionError
-from .node import Node, NodeDefinitionError, NodeOutput, NodeSchema
+from .node import ExecutionBlocker, Node, NodeDefinitionError, NodeOutput, NodeSchema
 from .registry import NodeRegistry
 from .runtime import RuntimeConfig, build_registry
 from .spec import (Boolean, BooleanInput, Combo, ComboInput, Float, FloatInput, InputSpec, Int, IntInput, Output,
@@ -16,7 +16,7 @@ from .validation import Link, PromptValidationError, ValidatedPrompt, validate_p
 __all__ = [
     "AdmissionError", "AdmissionLimits", "Estimate", "admit", "estimate_prompt",
     "Boolean", "BooleanInput", "CacheEntry", "CancelToken", "Combo", "ComboInput", "Event", "EventHub", "Executed",
-    "ExecutionCached", "ExecutionContext", "ExecutionError", "ExecutionInterrupted", "ExecutionResult",
+    "ExecutionBlocker", "ExecutionCached", "ExecutionContext", "ExecutionError", "ExecutionInterrupted", "ExecutionResult",
     "ExecutionStart", "ExecutionSuccess", "Executing", "Executor", "Float", "FloatInput", "InputSpec", "Int",
     "IntInput", "Interrupted", "Link", "Node", "NodeDefinitionError", "NodeExecutionError", "NodeOutput",
     "NodeRegistry", "NodeSchema", "Output", "Progress", "ProgressPreview", "PromptValidationError", "ResultCache",

@@ -57,6 +57,8 @@ class Node(BaseModel):
     # True: `validate_inputs` also gets `input_types` (linked input name -> output type) and replaces the link
     # type check (ComfyUI's VALIDATE_INPUTS taking `input_types`).
     CHECKS_LINK_TYPES: ClassVar[bool] = False
+    # True: linked inputs the class does not declare are kept and passed too (ComfyUI's V1 `**kwargs` nodes).
+    ACCEPTS_EXTRA_LINKS: ClassVar[bool] = False
 
     @classmethod
     def render_object_info(cls, info: dict[str, Any], services: Any = None) -> dict[str, Any]:

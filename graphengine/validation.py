@@ -294,6 +294,17 @@ class _Validator:
             raise PromptValidationError(error_dict("prompt_no_outputs", "Prompt has no outputs", ""))
         return outputs
 
+    def _link(self, name: str, raw: list[Any]) -> tuple[Link, str]:
+        """A link input checked against the prompt, and the type of the output it names."""
+        link = _parse_link(name, raw, self.calls)
+        source = self.calls[link.node_id].schema
+        if not 0 <= link.slot < len(source.outputs):
+            raise InputError("bad_linked_input", "Linked output slot does not exist",
+                              f"{name}: node '{link.node_id}' ({source.name}) has "
+                              f"{len(source.outputs)} outputs, got index {link.slot}",
+                              input_name=name, linked_node=raw)
+        return link, source.outputs[link.slot].type
+
     def check_node(self, call: NodeCall) -> list[str]:
         """Coerce and check one node's inputs in place; returns the ids of nodes it links to."""
         errors: list[dict[str, Any]] = []
@@ -310,14 +321,7 @@ class _Validator:
             raw = raw_inputs[name]
             try:
                 if isinstance(raw, list):
-                    link = _parse_link(name, raw, self.calls)
-                    source = self.calls[link.node_id].schema
-                    if not 0 <= link.slot < len(source.outputs):
-                        raise InputError("bad_linked_input", "Linked output slot does not exist",
-                                          f"{name}: node '{link.node_id}' ({source.name}) has "
-                                          f"{len(source.outputs)} outputs, got index {link.slot}",
-                                          input_name=name, linked_node=raw)
-                    out_type = source.outputs[link.slot].type
+                    link, out_type = self._link(name, raw)
                     link_types[name] = out_type
                     if not schema.cls.CHECKS_LINK_TYPES and not types_match(out_type, info.spec.type):
                         raise InputError("return_type_mismatch", "Return type mismatch between linked nodes",
@@ -334,6 +338,15 @@ class _Validator:
                                                     check_values=name not in schema.custom_validated)
             except InputError as exc:
                 errors.append(exc.error)
+        if schema.cls.ACCEPTS_EXTRA_LINKS:  # undeclared linked inputs reach the node (dynamic inputs)
+            for name, raw in raw_inputs.items():
+                if name in schema.inputs or not isinstance(raw, list):
+                    continue
+                try:
+                    checked[name], _ = self._link(name, raw)
+                    parents.append(checked[name].node_id)
+                except InputError as exc:
+                    errors.append(exc.error)
         call.inputs = checked
         if not errors and schema.has_validation:
             constants = {k: v for k, v in checked.items() if not isinstance(v, Link)}

@@ -93,6 +93,7 @@ def adapt_v1(name: str, comfy: type, display_name: str | None = None) -> tuple[t
         "EXPERIMENTAL": bool(getattr(comfy, "EXPERIMENTAL", False)),
         "CHECKS_LINK_TYPES": validate is not None and takes(validate, "input_types"),
         "CUSTOM_VALIDATED": named_inputs(validate, inputs) if validate is not None else frozenset(),
+        "ACCEPTS_EXTRA_LINKS": True,  # ComfyUI passes undeclared linked inputs to V1 functions
     }
     adapted = type(f"ComfyV1_{comfy.__name__}", (V1Node,), attributes)
     schema = NodeSchema(

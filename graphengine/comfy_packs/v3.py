@@ -91,6 +91,7 @@ def adapt_v3(comfy: type) -> tuple[type[V3Node], NodeSchema]:
         "OUTPUT_NODE": schema.is_output_node, "INPUT_IS_LIST": schema.is_input_list,
         "NOT_IDEMPOTENT": schema.not_idempotent, "DEPRECATED": schema.is_deprecated,
         "EXPERIMENTAL": schema.is_experimental, "CUSTOM_VALIDATED": custom_validated,
+        "ACCEPTS_EXTRA_LINKS": schema.accept_all_inputs,
     }
     adapted = type(f"ComfyV3_{comfy.__name__}", (V3Node,), attributes)
     node_schema = NodeSchema(

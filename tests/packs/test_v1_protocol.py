@@ -186,3 +186,19 @@ def test_a_raising_pack_node_is_a_structured_execution_error(executor):
     assert result.error["node_id"] == "1" and result.error["node_type"] == "ReadText"
     assert result.error["exception_type"] == "FileNotFoundError"
     assert math.isfinite(len(result.error["traceback"])) and result.error["traceback"]
+
+
+def test_undeclared_linked_inputs_reach_a_kwargs_function(executor):
+    prompt = {"1": {"class_type": "SolidImage", "inputs": {"width": 2, "height": 2, "value": 0.25}},
+              "2": {"class_type": "AsyncMean", "inputs": {"image": ["1", 0]}},
+              "3": {"class_type": "ScaleRepeatedly", "inputs": {"image": ["1", 0], "factor": 1.0, "times": 1}},
+              "4": {"class_type": "JoinValues", "inputs": {"separator": ";", "mean": ["2", 0], "times": ["3", 1],
+                                                           "dropped_constant": 5}},
+              "5": show("4")}
+    result = executor.execute(prompt)
+    assert result.ok, result.error
+    assert result.outputs["5"] == {"text": ["mean=0.25;times=1"]}  # undeclared constants are dropped, as in ComfyUI
+    prompt["4"]["inputs"]["extra"] = ["99", 0]
+    with pytest.raises(PromptValidationError) as caught:
+        executor.execute(prompt)
+    assert caught.value.node_errors["4"]["errors"][0]["type"] == "bad_linked_input"

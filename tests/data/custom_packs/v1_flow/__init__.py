@@ -173,6 +173,21 @@ class ShowValue:
         return {"ui": {"text": (text,)}}
 
 
-NODE_CLASS_MAPPINGS = {"FlowScale": Scale, "LazySwitch": LazySwitch, "ScaleRepeatedly": ScaleRepeatedly,
+class JoinValues:
+    """Joins whatever values are linked to it, under any input names (the editor adds them dynamically)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"separator": ("STRING", {"default": ","})}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "join"
+    CATEGORY = "flow"
+
+    def join(self, separator, **values):
+        return (separator.join(f"{name}={values[name]}" for name in sorted(values)),)
+
+
+NODE_CLASS_MAPPINGS = {"JoinValues": JoinValues, "FlowScale": Scale, "LazySwitch": LazySwitch, "ScaleRepeatedly": ScaleRepeatedly,
                        "SplitBatch": SplitBatch, "JoinList": JoinList, "ReadText": ReadText, "EvenOnly": EvenOnly,
                        "Gate": Gate, "AsyncMean": AsyncMean, "ShowValue": ShowValue}
