@@ -175,10 +175,16 @@ class PreviewImage(Node):
     images: Image
 
     def execute(self, ctx) -> NodeOutput:
-        suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
-        results = save_images(self.images, ctx.services.temp_dir, f"ComfyUI_temp_{suffix}", _metadata(ctx),
-                              PREVIEW_COMPRESS_LEVEL, "temp", interrupt=ctx.check_cancelled)
-        return NodeOutput((), ui={"images": results})
+        return NodeOutput((), ui={"images": save_previews(self.images, ctx.services.temp_dir, _metadata(ctx),
+                                                          interrupt=ctx.check_cancelled)})
+
+
+def save_previews(images: torch.Tensor, temp_dir: Path, metadata: dict[str, str] | None = None,
+                  interrupt: Any = None) -> list[dict[str, str]]:
+    """Save a batch as previews in the temp folder, named like ComfyUI's (PreviewImage, packs' ui.PreviewImage)."""
+    suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+    return save_images(images, temp_dir, f"ComfyUI_temp_{suffix}", metadata or {}, PREVIEW_COMPRESS_LEVEL, "temp",
+                       interrupt=interrupt)
 
 
 def _resize_images(ctx, images: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:

@@ -50,6 +50,11 @@ class Services:
     def temp_dir(self) -> Path:
         return Path(self.config.temp_dir)
 
+    def preview_images(self, images: Any) -> list[dict[str, str]]:
+        """Save images as previews in the temp folder; the UI entries (custom node packs' `ui.PreviewImage`)."""
+        from .image import save_previews
+        return save_previews(images, self.temp_dir)
+
     @cached_property
     def folders(self) -> Any:
         from .models.folders import ModelFolders

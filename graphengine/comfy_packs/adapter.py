@@ -190,8 +190,9 @@ class ComfyAdapter(Node):
             values[name] = [value] if self.INPUT_IS_LIST else value
         return values
 
-    def node_output(self, result: Any, ui: Any = None, expand: Any = None) -> NodeOutput:
-        """A NodeOutput from what the pack returned: a tuple, a list, None, or an ExecutionBlocker."""
+    def node_output(self, result: Any, ui: Any = None, expand: Any = None, services: Any = None) -> NodeOutput:
+        """A NodeOutput from what the pack returned: a tuple, a list, None, or an ExecutionBlocker; `ui` a dict or
+        a V3 UI object (rendered with the node layer's `services` when it saves files)."""
         count = len(self.RETURNS)
         if isinstance(result, ExecutionBlocker):
             values: tuple[Any, ...] = (result,) * count
@@ -201,7 +202,9 @@ class ComfyAdapter(Node):
             values = tuple(result)
         if not values and count:
             values = (None,) * count
-        if ui is not None and not isinstance(ui, dict):
+        if callable(getattr(ui, "render", None)):
+            ui = ui.render(services)
+        elif ui is not None and not isinstance(ui, dict):
             ui = ui.as_dict() if callable(getattr(ui, "as_dict", None)) else dict(ui)
         ui = {k: list(v) if isinstance(v, tuple) else v for k, v in ui.items()} if ui else None
         return NodeOutput(values, ui, expand)

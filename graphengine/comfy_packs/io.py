@@ -283,6 +283,28 @@ class PreviewText:
         return {"text": [self.value]}
 
 
+class PreviewImage:
+    """Images shown under a node (`ui.PreviewImage(image, cls=cls)`), saved to the temp folder by the node layer."""
+
+    def __init__(self, image: Any, animated: bool = False, cls: Any = None, **_: Any) -> None:
+        self.images = image
+        self.animated = animated
+
+    def render(self, services: Any) -> dict[str, Any]:
+        save = getattr(services, "preview_images", None)
+        if not callable(save):
+            raise RuntimeError("ui.PreviewImage: this engine's node layer cannot save preview images")
+        return {"images": save(self.images), "animated": (self.animated,)}
+
+
+class PreviewMask(PreviewImage):
+    """A mask `[B, H, W]` shown as a grey image."""
+
+    def __init__(self, mask: Any, animated: bool = False, cls: Any = None, **_: Any) -> None:
+        image = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).movedim(1, -1).expand(-1, -1, -1, 3)
+        super().__init__(image, animated, cls)
+
+
 __all__ = ["AnyType", "Boolean", "Clip", "ClipVision", "ClipVisionOutput", "Combo", "ComfyExtension", "ComfyNode",
            "ComfyType", "Conditioning", "ControlNet", "Custom", "ExecutionBlocker", "Float", "Gligen", "Guider",
            "Hidden", "Image", "Int", "Latent", "Mask", "Model", "NodeOutput", "Noise", "NumberDisplay", "Sampler",

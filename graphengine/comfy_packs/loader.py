@@ -35,7 +35,8 @@ def _module(name: str, package: bool = False, **attributes: Any) -> types.Module
 
 
 def _ui_module() -> types.ModuleType:
-    return _module("comfy_api.latest.ui", PreviewText=io.PreviewText)
+    return _module("comfy_api.latest.ui", PreviewText=io.PreviewText, PreviewImage=io.PreviewImage,
+                   PreviewMask=io.PreviewMask)
 
 
 def _latest_module() -> types.ModuleType:

@@ -27,10 +27,10 @@ class V3Node(ComfyAdapter):
         result = settle(self._bound(ctx).execute(**(self.model_extra or {})))
         if isinstance(result, io.NodeOutput):
             if result.block_execution is not None:
-                return self.node_output(ExecutionBlocker(result.block_execution), result.ui)
-            return self.node_output(result.args, result.ui, result.expand)
+                return self.node_output(ExecutionBlocker(result.block_execution), result.ui, None, ctx.services)
+            return self.node_output(result.args, result.ui, result.expand, ctx.services)
         if isinstance(result, dict):
-            return self.node_output(result.get("result"), result.get("ui"), result.get("expand"))
+            return self.node_output(result.get("result"), result.get("ui"), result.get("expand"), ctx.services)
         return self.node_output(result)
 
     def check_lazy_status(self, ctx: Any) -> list[str]:

@@ -24,7 +24,7 @@ def test_every_pack_loads_on_its_own_and_the_broken_one_is_reported(registry):
     assert "broken_pack/__init__.py" in broken.traceback
     assert [e.path for e in registry.pack_errors] == [broken.path]
     assert records["v1_basic"].nodes == ["ImageBrightness", "SolidImage", "DescribeNode"]
-    assert records["v3_pack"].nodes == ["PosterizeV3", "MaybeBlockV3", "PickLazyV3"]
+    assert records["v3_pack"].nodes == ["PosterizeV3", "MaybeBlockV3", "PickLazyV3", "PreviewBothV3"]
     assert all(r.seconds >= 0 for r in records.values())
     summary = registry.pack_summary().splitlines()
     assert summary[0] == "Import times for custom nodes:"
@@ -115,7 +115,7 @@ def test_custom_nodes_beside_models_load_by_default_and_doctor_lists_them(tmp_pa
     assert packs["web_pack"]["web_directory"] == str((packs_copy / "web_pack" / "web").resolve())
     text = format_report(report)
     assert "  broken_pack: IMPORT FAILED: ModuleNotFoundError" in text
-    assert "  v3_pack: 3 nodes (" in text
+    assert "  v3_pack: 4 nodes (" in text
 
 
 def test_run_prints_the_import_summary_and_runs_pack_nodes(tmp_path, packs_copy, monkeypatch, capsys):

@@ -3,10 +3,13 @@ real prompts."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from graphengine import PromptValidationError
+from graphengine.comfy_packs import io
 
 from .conftest import solid
 
@@ -81,3 +84,18 @@ def test_v3_block_execution_and_lazy_inputs(executor, events):
         ("4", "Execution Blocked: blocked by V3 node")]
     prompt["3"]["inputs"]["block"] = False
     assert executor.execute(prompt).outputs["4"] == {"text": ["1.0000"]}
+
+
+def test_v3_ui_previews_are_saved_by_the_node_layer(executor, registry):
+    prompt = {"1": solid(width=3, height=2, color=0x204060),
+              "2": {"class_type": "PreviewBothV3", "inputs": {"image": ["1", 0]}}}
+    result = executor.execute(prompt)
+    assert result.ok, result.error
+    (entry,) = result.outputs["2"]["images"]
+    assert entry["type"] == "temp" and entry["filename"].startswith("ComfyUI_temp_")
+    assert result.outputs["2"]["animated"] == [False]
+    pixels = np.asarray(Image.open(registry.services.temp_dir / entry["subfolder"] / entry["filename"]))
+    assert pixels.shape == (2, 3, 3) and (pixels == np.array([0x20, 0x40, 0x60], dtype=np.uint8)).all()
+    (mask_entry,) = io.PreviewMask(torch.full((1, 2, 3), 0.5)).render(registry.services)["images"]
+    grey = np.asarray(Image.open(registry.services.temp_dir / mask_entry["filename"]))
+    assert grey.shape == (2, 3, 3) and (grey == 127).all()  # 127.5 truncated, as ComfyUI saves

@@ -69,9 +69,21 @@ class PickLazy(io.ComfyNode):
         return io.NodeOutput(a if first else b)
 
 
+class PreviewBoth(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="PreviewBothV3", category="image", is_output_node=True,
+                         inputs=[io.Image.Input("image"), io.Mask.Input("mask", optional=True)], outputs=[])
+
+    @classmethod
+    def execute(cls, image, mask=None):
+        shown = image if mask is None else mask
+        return io.NodeOutput(ui=ui.PreviewImage(image, cls=cls) if mask is None else ui.PreviewMask(shown, cls=cls))
+
+
 class PackExtension(ComfyExtension):
     async def get_node_list(self):
-        return [Posterize, MaybeBlock, PickLazy]
+        return [Posterize, MaybeBlock, PickLazy, PreviewBoth]
 
 
 async def comfy_entrypoint():
