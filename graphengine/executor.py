@@ -75,6 +75,9 @@ class _Run:
         self.result = ExecutionResult(prompt_id, "success", node_errors=prompt.node_errors)
         # Entries are replaced, never mutated, so a shallow copy is a safe snapshot for each event.
         self.node_states: dict[str, dict[str, Any]] = {}
+        # Nodes of expanded graphs: id -> the expanding node, and the node the editor shows them as.
+        self.parent_of: dict[str, str] = {}
+        self.display_of: dict[str, str] = {}
 
     @cached_property
     def api_prompt(self) -> dict[str, Any]:
@@ -131,7 +134,8 @@ class _Run:
                 self.values[node_id] = entry.outputs
                 if entry.ui is not None and call.schema.output_node:
                     self.result.outputs[node_id] = entry.ui
-                    self.emit(Executed(self.prompt_id, node=node_id, output=entry.ui))
+                    self.emit(Executed(self.prompt_id, node=node_id, output=entry.ui,
+                                       display_node=self.display_of.get(node_id)))
                 if node_id in self.prompt.outputs:  # ComfyUI visits cached outputs and marks them finished
                     self._report(node_id, "finished", 1, 1)
                 stack.pop()
@@ -171,8 +175,9 @@ class _Run:
     def _report(self, node_id: str, state: str, value: int, maximum: int) -> None:
         """Record one node's progress and send every started node's state (ComfyUI's `progress_state`)."""
         self.node_states[node_id] = {"value": value, "max": maximum, "state": state, "node_id": node_id,
-                                     "prompt_id": self.prompt_id, "display_node_id": node_id,
-                                     "parent_node_id": None, "real_node_id": node_id}
+                                     "prompt_id": self.prompt_id,
+                                     "display_node_id": self.display_of.get(node_id, node_id),
+                                     "parent_node_id": self.parent_of.get(node_id), "real_node_id": node_id}
         self.emit(ProgressState(self.prompt_id, nodes=dict(self.node_states)))
 
     def _check_lazy(self, call: NodeCall, evaluated: set[str]) -> list[str]:
@@ -194,7 +199,7 @@ class _Run:
         except Exception as exc:  # noqa: BLE001 - cancelled with an error (e.g. the memory guard's)
             raise self._failure(call, exc, {}) from exc
         self._report(node_id, "running", 0, 1)
-        self.emit(Executing(self.prompt_id, node=node_id))
+        self.emit(Executing(self.prompt_id, node=node_id, display_node=self.display_of.get(node_id)))
         inputs = self._gather(call, evaluated_lazy)
         ctx = self._context(node_id)
         outputs: list[list[Any]] = [[] for _ in schema.outputs]
@@ -234,7 +239,7 @@ class _Run:
         if ui:
             if schema.output_node:
                 self.result.outputs[node_id] = ui
-            self.emit(Executed(self.prompt_id, node=node_id, output=ui))
+            self.emit(Executed(self.prompt_id, node=node_id, output=ui, display_node=self.display_of.get(node_id)))
 
     def _blocked(self, call: NodeCall, blocker: ExecutionBlocker) -> None:
         """ComfyUI reports a block with a message as an execution error, once, and the prompt goes on."""
@@ -262,8 +267,12 @@ class _Run:
         renamed = {prefix + str(k): {**node, "inputs": {n: rename(v) for n, v in (node.get("inputs") or {}).items()}}
                    if isinstance(node, dict) else node for k, node in graph.items()}
         new_calls = validate_expansion(renamed, self.ex.registry, self.prompt.nodes)
+        shown_as = self.display_of.get(call.node_id, call.node_id)
         for new in new_calls:
             self.prompt.nodes[new.node_id] = new
+            self.parent_of[new.node_id] = call.node_id
+            override = renamed[new.node_id].get("override_display_id")
+            self.display_of[new.node_id] = override if isinstance(override, str) else shown_as
         self.signatures.update(compute_signatures(self.prompt.nodes, [c.node_id for c in new_calls],
                                                   self.ex.registry.services, known=self.signatures))
         linked: dict[int, list[Any]] = {}

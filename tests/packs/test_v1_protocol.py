@@ -95,7 +95,7 @@ def test_lazy_inputs_evaluate_only_the_branch_asked_for(executor):
     assert result.outputs["6"] == {"text": ["0.0000"]} and "4" in result.executed and "3" not in result.executed
 
 
-def test_node_expansion_runs_the_built_graph(executor):
+def test_node_expansion_runs_the_built_graph(executor, events):
     prompt = {"1": solid(color=0xFFFFFF), "2": {"class_type": "ScaleRepeatedly",
                                                 "inputs": {"image": ["1", 0], "factor": 0.5, "times": 3}},
               "3": show("2"), "4": show("2", 1)}
@@ -104,6 +104,10 @@ def test_node_expansion_runs_the_built_graph(executor):
     assert [n for n in result.executed if n.startswith("2.")] == ["2.0.0.1", "2.0.0.2", "2.0.0.3"]
     assert torch.allclose(result.values["2"][0][0], torch.full((1, 4, 4, 3), 0.125))
     assert result.outputs["4"] == {"text": ["3"]}
+    executing = [(d["node"], d["display_node"]) for kind, d in events if kind == "executing" and d["node"]]
+    assert ("2.0.0.2", "2") in executing  # the editor highlights the expanding node
+    states = next(d for kind, d in reversed(events) if kind == "progress_state")["nodes"]
+    assert states["2.0.0.3"]["parent_node_id"] == "2" and states["2.0.0.3"]["display_node_id"] == "2"
     again = executor.execute(prompt)  # the expanding node is cached with its resolved outputs
     assert again.ok and again.executed == [] and again.outputs["3"] == {"text": ["0.1250"]}
 
