@@ -3,12 +3,15 @@ packs' frontend files."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 from PIL import Image
 
-from tests.server.harness import async_test, receive_until_done, serve
+from tests.server.harness import (async_test, free_port, http_json, receive_until_done, serve,
+                                  start_server_process)
 
-from .conftest import pack_registry
+from .conftest import PACKS, pack_registry
 
 
 @async_test
@@ -73,3 +76,20 @@ async def test_extensions_lists_and_serves_the_packs_frontend(tmp_path):
             response = await srv.client.get(escape)
             assert response.status in (400, 403, 404), escape
             assert "import torch" not in await response.text() and "numpy" not in await response.text()
+
+
+def test_serve_prints_the_import_summary_and_keeps_serving_past_a_broken_pack(tmp_path):
+    shutil.copytree(PACKS, tmp_path / "custom_nodes", ignore=shutil.ignore_patterns("__pycache__"))
+    port = free_port()
+    process = start_server_process(tmp_path, port)  # custom_nodes/ beside models/ is loaded by default
+    try:
+        log = (tmp_path / "server.log").read_text()
+        assert "Import times for custom nodes:" in log
+        assert f"seconds (IMPORT FAILED): {tmp_path / 'custom_nodes' / 'broken_pack'}" in log
+        assert "No module named 'graphengine_test_missing_dependency'" in log
+        assert http_json(port, "GET", "/extensions") == ["/extensions/web_pack/js/hello.js"]
+        info = http_json(port, "GET", "/object_info/PosterizeV3")["PosterizeV3"]
+        assert info["python_module"] == "custom_nodes.v3_pack"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
