@@ -72,20 +72,26 @@ def type_name(kind: Any) -> str:
 _COMMON = {"tooltip": "tooltip", "lazy": "lazy", "advanced": "advanced"}
 
 
-def input_spec(kind: Any, options: Mapping[str, Any], optional: bool,
+# The editor adds a "control after generate" widget to INTs that ask for it, and to these by name.
+_SEED_NAMES = ("seed", "noise_seed")
+
+
+def input_spec(name: str, kind: Any, options: Mapping[str, Any], optional: bool,
                live_options: Callable[[Any], list[str]] | None = None) -> InputSpec:
     """The engine's spec for one `(type, options)` entry; `live_options` re-reads a combo's list on each use."""
     common: dict[str, Any] = {k: options[o] for o, k in _COMMON.items() if options.get(o) is not None}
     common["optional"] = optional
     if isinstance(kind, (list, tuple)) or (kind == "COMBO" and "options" in options):
         static = list(kind) if isinstance(kind, (list, tuple)) else list(options.get("options") or [])
-        return ComboInput(choices=live_options or tuple(static),
-                          extra={"multi_select": True} if options.get("multi_select") else {}, **common)
+        extra = {k: True for k in ("multi_select", "image_upload") if options.get(k)}
+        return ComboInput(choices=live_options or tuple(static), extra=extra, **common)
     kind = str(kind)
     if kind in WIDGET_TYPES and options.get("forceInput"):
         return SocketInput(type=kind, **common)
     if kind == "INT":
-        return IntInput(min=options.get("min"), max=options.get("max"), step=options.get("step"), **common)
+        control = bool(options.get("control_after_generate")) or name in _SEED_NAMES
+        return IntInput(min=options.get("min"), max=options.get("max"), step=options.get("step"),
+                        control_after_generate=control, **common)
     if kind == "FLOAT":
         return FloatInput(min=options.get("min"), max=options.get("max"), step=options.get("step", 0.01), **common)
     if kind == "STRING":
@@ -106,7 +112,7 @@ def build_inputs(definition: Mapping[str, Any], live: Callable[[str, str], Calla
             options = entry[1] if len(entry) > 1 and isinstance(entry[1], Mapping) else {}
             is_combo = isinstance(kind, (list, tuple)) or kind == "COMBO"
             source = live(section, name) if (live is not None and is_combo) else None
-            spec = input_spec(kind, options, section == "optional", source)
+            spec = input_spec(str(name), kind, options, section == "optional", source)
             default = options.get("default")
             if default is None and isinstance(kind, (list, tuple)) and kind:
                 default = kind[0]

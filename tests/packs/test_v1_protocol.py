@@ -206,3 +206,27 @@ def test_undeclared_linked_inputs_reach_a_kwargs_function(executor):
     with pytest.raises(PromptValidationError) as caught:
         executor.execute(prompt)
     assert caught.value.node_errors["4"]["errors"][0]["type"] == "bad_linked_input"
+
+
+def test_ui_workflow_with_pack_nodes_converts_and_runs(executor, registry):
+    from graphengine.ui_convert import convert
+
+    def ui_node(id, type, widgets, inputs=(), outputs=()):
+        return {"id": id, "type": type, "pos": [0, 0], "size": [100, 50], "flags": {}, "order": id, "mode": 0,
+                "inputs": list(inputs), "outputs": list(outputs), "properties": {}, "widgets_values": widgets}
+
+    workflow = {"last_node_id": 3, "last_link_id": 2, "version": 0.4, "links": [[1, 1, 0, 2, 0, "IMAGE"],
+                                                                               [2, 2, 0, 3, 0, "IMAGE"]],
+                "nodes": [ui_node(1, "SeededNoise", [7, "randomize", 3, "uniform"],
+                                  outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]}]),
+                          ui_node(2, "ImageBrightness", [0.5, "all", True],
+                                  inputs=[{"name": "image", "type": "IMAGE", "link": 1}],
+                                  outputs=[{"name": "image", "type": "IMAGE", "links": [2]}]),
+                          ui_node(3, "ShowValue", [], inputs=[{"name": "value", "type": "*", "link": 2}])]}
+    prompt = convert(workflow, registry)
+    assert prompt["1"]["inputs"] == {"seed": 7, "size": 3, "kind": "uniform"}
+    assert prompt["2"]["inputs"] == {"factor": 0.5, "channel": "all", "clamp": True, "image": ["1", 0]}
+    result = executor.execute(prompt, keep_values=True)
+    assert result.ok, result.error
+    expected = torch.rand((1, 3, 3, 3), generator=torch.Generator().manual_seed(7)) * 0.5
+    assert torch.allclose(result.values["2"][0][0], expected)

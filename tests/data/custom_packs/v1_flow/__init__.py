@@ -188,6 +188,26 @@ class JoinValues:
         return (separator.join(f"{name}={values[name]}" for name in sorted(values)),)
 
 
-NODE_CLASS_MAPPINGS = {"JoinValues": JoinValues, "FlowScale": Scale, "LazySwitch": LazySwitch, "ScaleRepeatedly": ScaleRepeatedly,
+class SeededNoise:
+    """Noise images from a seed (the editor gives `seed` a control-after-generate widget)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                             "size": ("INT", {"default": 4, "min": 1, "max": 64}),
+                             "kind": (["uniform", "normal"],)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "noise"
+    CATEGORY = "flow"
+
+    def noise(self, seed, size, kind):
+        generator = torch.Generator().manual_seed(seed)
+        if kind == "uniform":
+            return (torch.rand((1, size, size, 3), generator=generator),)
+        return ((torch.randn((1, size, size, 3), generator=generator) * 0.2 + 0.5).clamp(0, 1),)
+
+
+NODE_CLASS_MAPPINGS = {"SeededNoise": SeededNoise, "JoinValues": JoinValues, "FlowScale": Scale, "LazySwitch": LazySwitch, "ScaleRepeatedly": ScaleRepeatedly,
                        "SplitBatch": SplitBatch, "JoinList": JoinList, "ReadText": ReadText, "EvenOnly": EvenOnly,
                        "Gate": Gate, "AsyncMean": AsyncMean, "ShowValue": ShowValue}
