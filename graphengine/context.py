@@ -48,6 +48,18 @@ class ExecutionContext:
     prompt: dict[str, Any] = field(default_factory=dict)
     extra_data: dict[str, Any] = field(default_factory=dict)
     on_progress: Callable[[int, int], None] | None = None
+    # Objects a node keeps between prompts, keyed by (node id, class); the executor drops those of nodes that
+    # leave the prompt (ComfyUI keeps node instances this way).
+    objects: dict[tuple[str, str], Any] | None = None
+
+    def node_object(self, class_type: str, make: Callable[[], Any]) -> Any:
+        """This node's kept object of `class_type`, made on first use."""
+        if self.objects is None:
+            return make()
+        key = (self.node_id, class_type)
+        if key not in self.objects:
+            self.objects[key] = make()
+        return self.objects[key]
 
     @property
     def extra_pnginfo(self) -> dict[str, Any] | None:

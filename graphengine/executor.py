@@ -170,7 +170,8 @@ class _Run:
     def _context(self, node_id: str) -> ExecutionContext:
         return ExecutionContext(self.prompt_id, node_id, self.ex.registry.services, self.ex.events, self.cancel,
                                 self.api_prompt, self.extra_data,
-                                on_progress=lambda value, total: self._report(node_id, "running", value, total))
+                                on_progress=lambda value, total: self._report(node_id, "running", value, total),
+                                objects=self.ex.node_objects)
 
     def _report(self, node_id: str, state: str, value: int, maximum: int) -> None:
         """Record one node's progress and send every started node's state (ComfyUI's `progress_state`)."""
@@ -329,6 +330,7 @@ class Executor:
         self.cache = cache if cache is not None else ResultCache(sizeof=sizeof or default_sizeof)
         self.events = events if events is not None else EventHub()
         self.emit_done = emit_done
+        self.node_objects: dict[tuple[str, str], Any] = {}  # see ExecutionContext.objects
 
     def execute(self, prompt: ValidatedPrompt | dict[str, Any], *, prompt_id: str | None = None,
                 extra_data: dict[str, Any] | None = None, cancel: CancelToken | None = None,
@@ -337,6 +339,8 @@ class Executor:
         `keep_values` returns every evaluated node's output values in `result.values` (in-process callers)."""
         if not isinstance(prompt, ValidatedPrompt):
             prompt = validate_prompt(prompt, self.registry, partial_execution_targets)
+        for key in [k for k in self.node_objects if k[0] not in prompt.nodes]:
+            del self.node_objects[key]
         run = _Run(self, prompt, prompt_id or str(uuid.uuid4()), extra_data or {}, cancel or CancelToken())
         result = run.run()
         if keep_values:  # the nodes this run evaluated, and those it skipped because a cached descendant sufficed

@@ -10,10 +10,11 @@ from .adapter import (ComfyAdapter, accepted, build_inputs, build_outputs, json_
 
 
 class V1Node(ComfyAdapter):
-    """Runs a ComfyUI V1 node class: a fresh instance per call, its FUNCTION given the inputs by name."""
+    """Runs a ComfyUI V1 node class: one instance per node, kept across prompts while the node stays in them (as
+    ComfyUI does), its FUNCTION given the inputs by name."""
 
     def execute(self, ctx: Any) -> Any:
-        instance = self.COMFY_CLASS()
+        instance = ctx.node_object(self.NAME, self.COMFY_CLASS)
         function = getattr(instance, self.COMFY_CLASS.FUNCTION)
         result = settle(function(**self.comfy_inputs(ctx)))
         if isinstance(result, dict):
@@ -21,7 +22,7 @@ class V1Node(ComfyAdapter):
         return self.node_output(result)
 
     def check_lazy_status(self, ctx: Any) -> list[str]:
-        instance = self.COMFY_CLASS()
+        instance = ctx.node_object(self.NAME, self.COMFY_CLASS)
         hook = getattr(instance, "check_lazy_status", None)
         if hook is None:
             return []

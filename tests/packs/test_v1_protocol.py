@@ -230,3 +230,13 @@ def test_ui_workflow_with_pack_nodes_converts_and_runs(executor, registry):
     assert result.ok, result.error
     expected = torch.rand((1, 3, 3, 3), generator=torch.Generator().manual_seed(7)) * 0.5
     assert torch.allclose(result.values["2"][0][0], expected)
+
+
+def test_node_instances_live_while_the_node_stays_in_the_prompts(executor):
+    def counted(node_id: str) -> str:
+        prompt = {node_id: {"class_type": "CallCounter", "inputs": {}}, "show": show(node_id)}
+        return executor.execute(prompt).outputs["show"]["text"][0]
+
+    assert [counted("a"), counted("a"), counted("a")] == ["1", "2", "3"]  # IS_CHANGED NaN: runs every time
+    assert counted("b") == "1"  # another node, another instance; "a" left the prompt
+    assert counted("a") == "1"

@@ -208,6 +208,29 @@ class SeededNoise:
         return ((torch.randn((1, size, size, 3), generator=generator) * 0.2 + 0.5).clamp(0, 1),)
 
 
-NODE_CLASS_MAPPINGS = {"SeededNoise": SeededNoise, "JoinValues": JoinValues, "FlowScale": Scale, "LazySwitch": LazySwitch, "ScaleRepeatedly": ScaleRepeatedly,
+class CallCounter:
+    """Counts its own runs on its instance, which ComfyUI keeps per node across prompts; always re-runs."""
+
+    def __init__(self):
+        self.calls = 0
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "count"
+    CATEGORY = "flow"
+
+    @classmethod
+    def IS_CHANGED(cls):
+        return float("nan")
+
+    def count(self):
+        self.calls += 1
+        return (self.calls,)
+
+
+NODE_CLASS_MAPPINGS = {"CallCounter": CallCounter, "SeededNoise": SeededNoise, "JoinValues": JoinValues, "FlowScale": Scale, "LazySwitch": LazySwitch, "ScaleRepeatedly": ScaleRepeatedly,
                        "SplitBatch": SplitBatch, "JoinList": JoinList, "ReadText": ReadText, "EvenOnly": EvenOnly,
                        "Gate": Gate, "AsyncMean": AsyncMean, "ShowValue": ShowValue}
