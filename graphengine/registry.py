@@ -174,12 +174,12 @@ class NodeRegistry:
 
     def install_import_shims(self) -> None:
         for name in sorted(self._import_shims, key=lambda n: n.count(".")):
-            if name in sys.modules:
-                continue
+            parent, _, child = name.rpartition(".")
+            if name in sys.modules or (parent and parent not in sys.modules):
+                continue  # there already, or its package is missing (a child alone cannot be imported)
             module = self._import_shims[name]()
             sys.modules[name] = module
-            parent, _, child = name.rpartition(".")
-            if parent in sys.modules and not hasattr(sys.modules[parent], child):
+            if parent and not hasattr(sys.modules[parent], child):
                 setattr(sys.modules[parent], child, module)
 
     def load_folder(self, folder: str | Path) -> list[str]:

@@ -7,6 +7,7 @@ import re
 import traceback
 import types
 from collections.abc import Callable
+from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,11 +45,57 @@ def _latest_module() -> types.ModuleType:
                    ComfyExtension=io.ComfyExtension)
 
 
+class IO(str, Enum):
+    """ComfyUI's socket type names (`comfy.comfy_types.IO`), for V1 classes that type their INPUT_TYPES with it."""
+
+    ANY = "*"
+    NUMBER = "FLOAT,INT"
+    PRIMITIVE = "STRING,FLOAT,INT,BOOLEAN"
+    STRING = "STRING"
+    INT = "INT"
+    FLOAT = "FLOAT"
+    BOOLEAN = "BOOLEAN"
+    COMBO = "COMBO"
+    IMAGE = "IMAGE"
+    MASK = "MASK"
+    LATENT = "LATENT"
+    CONDITIONING = "CONDITIONING"
+    MODEL = "MODEL"
+    CLIP = "CLIP"
+    VAE = "VAE"
+    CLIP_VISION = "CLIP_VISION"
+    CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
+    CONTROL_NET = "CONTROL_NET"
+    UPSCALE_MODEL = "UPSCALE_MODEL"
+    SAMPLER = "SAMPLER"
+    SIGMAS = "SIGMAS"
+    NOISE = "NOISE"
+    GUIDER = "GUIDER"
+    STYLE_MODEL = "STYLE_MODEL"
+    GLIGEN = "GLIGEN"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ComfyNodeABC:
+    """The base class V1 packs may derive from for typing (`comfy.comfy_types.ComfyNodeABC`); it adds nothing."""
+
+
+def _node_typing(name: str) -> types.ModuleType:
+    return _module(name, package=name.endswith("comfy_types"), IO=IO, ComfyNodeABC=ComfyNodeABC,
+                   InputTypeDict=dict, CheckLazyMixin=object)
+
+
 def builtin_shims() -> dict[str, Callable[[], types.ModuleType]]:
     """The modules of ComfyUI's node APIs that this package provides (V3 schema classes, graph helpers)."""
     return {
         "comfy_api": lambda: _module("comfy_api", package=True),
         "comfy_api.latest": _latest_module,
+        "comfy_api.v0_0_2": _latest_module,
+        # under the compatibility layer's `comfy` package when it is installed
+        "comfy.comfy_types": lambda: _node_typing("comfy.comfy_types"),
+        "comfy.comfy_types.node_typing": lambda: _node_typing("comfy.comfy_types.node_typing"),
         "comfy_api.latest.io": lambda: io,
         "comfy_api.latest.ui": _ui_module,
         "comfy_execution": lambda: _module("comfy_execution", package=True),

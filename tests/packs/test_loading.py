@@ -133,3 +133,32 @@ def test_run_prints_the_import_summary_and_runs_pack_nodes(tmp_path, packs_copy,
     report = json.loads(captured.out)
     assert report["outputs"] == {"3": {"text": ["1.0000"]}}
     assert report["executed"] == ["1", "2.0.0.1", "2.0.0.2", "2", "3"]
+
+
+def test_node_typing_helpers_come_with_a_comfy_package(tmp_path):
+    packs = tmp_path / "packs"
+    packs.mkdir()
+    (packs / "typed.py").write_text(
+        "from comfy.comfy_types import IO, ComfyNodeABC\n\n"
+        "class Typed(ComfyNodeABC):\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n        return {'required': {'image': (IO.IMAGE,), 'x': (IO.ANY, {})}}\n"
+        "    RETURN_TYPES = (IO.IMAGE,)\n    FUNCTION = 'run'\n"
+        "    def run(self, image, x):\n        return (image,)\n\n"
+        "NODE_CLASS_MAPPINGS = {'TypedNode': Typed}\n")
+    names = ("comfy", "comfy.comfy_types", "comfy.comfy_types.node_typing")
+    before = {name: sys.modules.pop(name) for name in names if name in sys.modules}  # a compat layer's, if any
+    without = NodeRegistry()
+    assert without.load_folder(packs) == []  # no `comfy` package here: comfy.comfy_types is not installed alone
+    assert "comfy.comfy_types" not in sys.modules
+    registry = NodeRegistry()
+    registry.add_import_shim("comfy", lambda: types.ModuleType("comfy"))
+    try:
+        assert registry.load_folder(packs) == ["typed"], registry.pack_summary()
+        info = registry.node_info("TypedNode")
+        assert info["input"]["required"] == {"image": ["IMAGE"], "x": ["*", {}]} and info["output"] == ["IMAGE"]
+        assert sys.modules["comfy"].comfy_types is sys.modules["comfy.comfy_types"]
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.modules.update(before)
