@@ -207,7 +207,7 @@ class NodeRegistry:
                 self._load_pack(pack, init, record)
                 loaded.append(pack)
                 self.packs_loaded.append(str(entry))
-            except Exception as exc:  # noqa: BLE001 - one broken pack must not stop the others
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - one broken pack must not stop the others
                 record.error, record.traceback = f"{type(exc).__name__}: {exc}", traceback.format_exc()
                 self.pack_errors.append(PackLoadError(str(entry), record.error, record.traceback))
             record.seconds = time.perf_counter() - started

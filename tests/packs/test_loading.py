@@ -53,7 +53,10 @@ def test_a_bad_node_class_is_skipped_and_existing_names_are_kept(tmp_path, packs
         "    RETURN_TYPES = ('INT',)\n    FUNCTION = 'run'\n"
         "    def run(self):\n        return (7,)\n\n"
         "NODE_CLASS_MAPPINGS = {'NoFunction': NoFunction, 'PartlyFine': Fine, 'EmptyImage': Fine}\n")
+    (packs_copy / "exits.py").write_text("import sys\nsys.exit('this pack exits at import')\n")
     registry = pack_registry(tmp_path, packs_copy)
+    exits = next(r for r in registry.packs if r.name == "exits")
+    assert exits.error == "SystemExit: this pack exits at import"  # recorded; the packs after it still load
     record = next(r for r in registry.packs if r.name == "partly_bad")
     assert record.loaded and record.nodes == ["PartlyFine"]
     assert record.node_errors == ["NoFunction: NodeDefinitionError: NoFunction: a ComfyUI node class needs FUNCTION",
