@@ -183,7 +183,8 @@ class _Run:
 
     def _check_lazy(self, call: NodeCall, evaluated: set[str]) -> list[str]:
         inputs = self._gather(call, evaluated)
-        instance = call.schema.cls.model_construct(**{k: v[0] for k, v in inputs.items()})
+        values = inputs if call.schema.input_is_list else {k: v[0] for k, v in inputs.items()}
+        instance = call.schema.cls.model_construct(**values)
         try:
             names = instance.check_lazy_status(self._context(call.node_id))
         except Exception as exc:  # noqa: BLE001

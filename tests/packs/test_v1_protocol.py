@@ -240,3 +240,12 @@ def test_node_instances_live_while_the_node_stays_in_the_prompts(executor):
     assert [counted("a"), counted("a"), counted("a")] == ["1", "2", "3"]  # IS_CHANGED NaN: runs every time
     assert counted("b") == "1"  # another node, another instance; "a" left the prompt
     assert counted("a") == "1"
+
+
+def test_list_input_node_gets_lists_in_check_lazy_status(executor):
+    prompt = {"1": solid(color=0xFFFFFF), "2": solid(color=0x000000),
+              "3": {"class_type": "ListPick", "inputs": {"use_first": False, "a": ["1", 0], "b": ["2", 0]}},
+              "4": show("3")}
+    result = executor.execute(prompt)
+    assert result.ok, result.error
+    assert result.outputs["4"] == {"text": ["0.0000"]} and "1" not in result.executed

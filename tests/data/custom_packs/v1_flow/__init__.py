@@ -231,6 +231,26 @@ class CallCounter:
         return (self.calls,)
 
 
-NODE_CLASS_MAPPINGS = {"CallCounter": CallCounter, "SeededNoise": SeededNoise, "JoinValues": JoinValues, "FlowScale": Scale, "LazySwitch": LazySwitch, "ScaleRepeatedly": ScaleRepeatedly,
+class ListPick:
+    """INPUT_IS_LIST with lazy inputs: check_lazy_status gets lists too."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"use_first": ("BOOLEAN", {"default": True}),
+                             "a": ("IMAGE", {"lazy": True}), "b": ("IMAGE", {"lazy": True})}}
+
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "pick"
+    CATEGORY = "flow"
+
+    def check_lazy_status(self, use_first, a=None, b=None):
+        return ["a"] if use_first[0] else ["b"]
+
+    def pick(self, use_first, a=None, b=None):
+        return (torch.cat(a if use_first[0] else b, dim=0),)
+
+
+NODE_CLASS_MAPPINGS = {"ListPick": ListPick, "CallCounter": CallCounter, "SeededNoise": SeededNoise, "JoinValues": JoinValues, "FlowScale": Scale, "LazySwitch": LazySwitch, "ScaleRepeatedly": ScaleRepeatedly,
                        "SplitBatch": SplitBatch, "JoinList": JoinList, "ReadText": ReadText, "EvenOnly": EvenOnly,
                        "Gate": Gate, "AsyncMean": AsyncMean, "ShowValue": ShowValue}
