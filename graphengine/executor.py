@@ -174,7 +174,8 @@ class _Run:
         inputs = self._gather(call, evaluated)
         instance = call.schema.cls.model_construct(**{k: v[0] for k, v in inputs.items()})
         try:
-            names = instance.check_lazy_status(self._context(call.node_id))
+            with self._context(call.node_id).active() as ctx:
+                names = instance.check_lazy_status(ctx)
         except Exception as exc:  # noqa: BLE001
             raise self._failure(call, exc, inputs) from exc
         return [n for n in names if n in call.schema.lazy_inputs and isinstance(call.inputs.get(n), Link)]
@@ -195,16 +196,18 @@ class _Run:
         outputs: list[list[Any]] = [[] for _ in schema.outputs]
         ui: dict[str, Any] = {}
         try:
-            for kwargs in self._calls(schema.input_is_list, inputs):
-                returned = schema.cls.model_construct(**kwargs).execute(ctx)
-                values, call_ui = (returned.values, returned.ui) if isinstance(returned, NodeOutput) else (returned, None)
-                if not isinstance(values, tuple) or len(values) != len(schema.outputs):
-                    raise TypeError(f"{schema.name}.execute must return a tuple of {len(schema.outputs)} values, "
-                                    f"got {type(values).__name__}")
-                for slot, (out, value) in enumerate(zip(schema.outputs, values)):
-                    outputs[slot].extend(value) if out.is_list else outputs[slot].append(value)
-                if call_ui:
-                    _merge_ui(ui, call_ui)
+            with ctx.active():
+                for kwargs in self._calls(schema.input_is_list, inputs):
+                    returned = schema.cls.model_construct(**kwargs).execute(ctx)
+                    values, call_ui = ((returned.values, returned.ui) if isinstance(returned, NodeOutput)
+                                       else (returned, None))
+                    if not isinstance(values, tuple) or len(values) != len(schema.outputs):
+                        raise TypeError(f"{schema.name}.execute must return a tuple of {len(schema.outputs)} values, "
+                                        f"got {type(values).__name__}")
+                    for slot, (out, value) in enumerate(zip(schema.outputs, values)):
+                        outputs[slot].extend(value) if out.is_list else outputs[slot].append(value)
+                    if call_ui:
+                        _merge_ui(ui, call_ui)
         except Interrupted:
             raise
         except Exception as exc:  # noqa: BLE001 - any node failure becomes a structured execution error

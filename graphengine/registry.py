@@ -6,6 +6,7 @@ import fnmatch
 import importlib.util
 import sys
 import traceback
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ class NodeRegistry:
         self._missing_hints: dict[str, str] = {}
         self.pack_errors: list[PackLoadError] = []
         self.packs_loaded: list[str] = []  # custom node packs loaded from folders (paths)
+        self._import_shims: dict[str, Callable[[], types.ModuleType]] = {}
+        self._server_extensions: list[Callable[[Any], None]] = []
 
     def register(self, cls: type[Node], *, python_module: str = "nodes", display_name: str | None = None) -> NodeSchema:
         schema = schema_of(cls)
@@ -135,6 +138,38 @@ class NodeRegistry:
 
     def object_info(self) -> dict[str, Any]:
         return {name: self.node_info(name) for name in self._schemas}
+
+    # -- modules and server hooks for ComfyUI-style packs --------------------------------------------------------
+
+    def add_import_shim(self, name: str, factory: Callable[[], types.ModuleType]) -> None:
+        """A module ComfyUI-style packs import (`folder_paths`, `comfy.utils`…), built by `factory` when installed."""
+        self._import_shims[name] = factory
+
+    def import_shims(self) -> dict[str, Callable[[], types.ModuleType]]:
+        return dict(self._import_shims)
+
+    def install_import_shims(self) -> list[str]:
+        """Put each shim into sys.modules where that name is absent, parents first (a dotted shim is also set as
+        an attribute of its parent); returns the names installed now."""
+        installed = []
+        for name in sorted(self._import_shims, key=lambda n: n.count(".")):
+            if name in sys.modules:
+                continue
+            module = self._import_shims[name]()
+            sys.modules[name] = module
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules:
+                setattr(sys.modules[parent], child, module)
+            installed.append(name)
+        return installed
+
+    def add_server_extension(self, attach: Callable[[Any], None]) -> None:
+        """`attach(server)` is called once by a server as it is built (before it starts), with an object offering
+        `add_routes(route_defs)`, `send(event_type, data, sid=None)` from any thread and `interrupt()`."""
+        self._server_extensions.append(attach)
+
+    def server_extensions(self) -> list[Callable[[Any], None]]:
+        return list(self._server_extensions)
 
     # -- custom node packs ----------------------------------------------------------------------------------------
 
