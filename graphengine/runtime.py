@@ -67,6 +67,8 @@ def build_registry(config: RuntimeConfig | None = None) -> NodeRegistry:
     registry = NodeRegistry()
     for register in pack_registrars():
         register(registry, config)
+    if config.custom_nodes_dirs:  # packs may import the modules ComfyUI offers them (folder_paths, comfy.utils…)
+        registry.install_import_shims()
     for folder in config.custom_nodes_dirs:
         registry.load_folder(folder)
     return registry

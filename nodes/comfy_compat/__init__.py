@@ -7,6 +7,7 @@ running prompt's services are used instead (`active_services`), so several engin
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,6 @@ def active_services(bound: Any = None) -> Any:
         return ctx.services
     if bound is not None:
         return bound
-    import sys
     shim = sys.modules.get("folder_paths")
     services = getattr(shim, "__graphengine_services__", None)
     if services is None:

@@ -116,10 +116,13 @@ def build(bound: Any) -> types.ModuleType:
         wanted = {e.lower() for e in extensions}
         return sorted(f for f in files if not wanted or os.path.splitext(f)[1].lower() in wanted)
 
-    view = FolderNamesAndPaths(bound)
-    namespace = {name: value for name, value in locals().items() if callable(value) and name != "services"}
-    namespace.update(supported_pt_extensions=set(SUPPORTED_PT_EXTENSIONS), folder_names_and_paths=view,
-                     __graphengine_services__=bound)
+    functions = (get_folder_paths, get_filename_list, get_full_path, get_full_path_or_raise, add_model_folder_path,
+                 get_input_directory, get_output_directory, get_temp_directory, get_user_directory,
+                 get_directory_by_type, annotated_filepath, get_annotated_filepath, exists_annotated_filepath,
+                 get_save_image_path, filter_files_extensions)
+    namespace: dict[str, Any] = {f.__name__: f for f in functions}
+    namespace.update(supported_pt_extensions=set(SUPPORTED_PT_EXTENSIONS),
+                     folder_names_and_paths=FolderNamesAndPaths(bound), __graphengine_services__=bound)
     dynamic = {"models_dir": lambda: str(services().folders.models_dir),
                "base_path": lambda: str(Path(services().config.base_dir)),
                "output_directory": get_output_directory, "input_directory": get_input_directory,

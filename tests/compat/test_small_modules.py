@@ -87,3 +87,32 @@ def test_latent_preview_callback_reports_the_nodes_progress(env):
     assert env.call(pack_function, graph, a=["ckpt", 0]) == ["x0"]
     assert [(e.node, e.value, e.max) for e in env.events if isinstance(e, Progress)] == \
         [("call", 1, 3), ("call", 2, 3), ("call", 3, 3)]
+
+
+def test_a_pack_in_a_custom_nodes_folder_imports_the_modules(tmp_path):
+    from graphengine import Executor, RuntimeConfig, build_registry
+
+    pack = tmp_path / "custom_nodes" / "uses_folder_paths.py"
+    pack.parent.mkdir()
+    pack.write_text(
+        "import folder_paths\n"
+        "import comfy.utils\n"
+        "from graphengine import Node, NodeOutput\n\n"
+        "class WhereAmI(Node):\n"
+        "    '''Shows the output folder, as a pack would find it.'''\n"
+        "    OUTPUT_NODE = True\n\n"
+        "    def execute(self, ctx):\n"
+        "        comfy.utils.ProgressBar(1).update(1)\n"
+        "        return NodeOutput((), ui={'folder': [folder_paths.get_output_directory()]})\n\n"
+        "NODE_CLASSES = [WhereAmI]\n")
+    before = set(sys.modules)
+    try:
+        registry = build_registry(RuntimeConfig(base_dir=tmp_path, custom_nodes_dirs=[tmp_path / "custom_nodes"]))
+        assert registry.pack_errors == [] and "WhereAmI" in registry
+        result = Executor(registry).execute({"1": {"class_type": "WhereAmI", "inputs": {}}})
+        assert result.ok and result.outputs["1"]["folder"] == [str(tmp_path / "output")]
+    finally:
+        for name in set(sys.modules) - before:
+            if name.split(".")[0] in ("folder_paths", "comfy", "server", "node_helpers", "latent_preview",
+                                      "custom_nodes"):
+                sys.modules.pop(name, None)
