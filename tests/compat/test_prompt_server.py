@@ -55,3 +55,17 @@ async def test_pack_routes_and_messages_reach_the_server(tmp_path):
     finally:
         for name in installed:
             sys.modules.pop(name, None)
+
+
+@async_test
+async def test_a_failing_server_extension_is_logged_and_the_server_serves(tmp_path, caplog):
+    registry = make_registry(tmp_path / "output")
+
+    def broken(bridge):
+        raise RuntimeError("pack route setup failed")
+
+    registry.add_server_extension(broken)
+    async with serve(tmp_path, registry) as srv:
+        response = await srv.client.get("/object_info")
+        assert response.status == 200
+    assert "pack route setup failed" in caplog.text
