@@ -2,7 +2,7 @@
 
 from .admission import AdmissionError, AdmissionLimits, Estimate, admit, estimate_prompt
 from .cache import CacheEntry, ResultCache, default_sizeof
-from .context import CancelToken, ExecutionContext, Interrupted
+from .context import CancelToken, ExecutionContext, Interrupted, current_context
 from .events import (Event, EventHub, Executed, ExecutionCached, ExecutionError, ExecutionInterrupted, Executing,
                      ExecutionStart, ExecutionSuccess, Progress, ProgressPreview)
 from .executor import ExecutionResult, Executor, NodeExecutionError
@@ -21,5 +21,5 @@ __all__ = [
     "IntInput", "Interrupted", "Link", "Node", "NodeDefinitionError", "NodeExecutionError", "NodeOutput",
     "NodeRegistry", "NodeSchema", "Output", "Progress", "ProgressPreview", "PromptValidationError", "ResultCache",
     "RuntimeConfig", "Socket", "SocketInput", "String", "StringInput", "ValidatedPrompt", "build_registry",
-    "default_sizeof", "validate_prompt",
+    "current_context", "default_sizeof", "validate_prompt",
 ]

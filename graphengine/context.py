@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .events import EventHub, Progress, ProgressPreview
+
+
+# The context of the node running in this thread (set by the executor around each node call), for code that gets no
+# context argument: ComfyUI-style packs reach progress, interrupt and folders through module functions.
+_RUNNING: contextvars.ContextVar[ExecutionContext | None] = contextvars.ContextVar("graphengine_running_node",
+                                                                                   default=None)
+
+
+def current_context() -> ExecutionContext | None:
+    """The context of the node running in this thread, or None outside a node call."""
+    return _RUNNING.get()
 
 
 class Interrupted(Exception):
@@ -76,3 +89,12 @@ class ExecutionContext:
         self.events.emit(Progress(self.prompt_id, node=self.node_id, value=int(value), max=int(total)))
         if preview is not None:
             self.events.emit(ProgressPreview(self.prompt_id, node=self.node_id, image=preview))
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[ExecutionContext]:
+        """Make this the `current_context()` for the block."""
+        token = _RUNNING.set(self)
+        try:
+            yield self
+        finally:
+            _RUNNING.reset(token)

@@ -186,7 +186,8 @@ class _Run:
         values = inputs if call.schema.input_is_list else {k: v[0] for k, v in inputs.items()}
         instance = call.schema.cls.model_construct(**values)
         try:
-            names = instance.check_lazy_status(self._context(call.node_id))
+            with self._context(call.node_id).active() as ctx:
+                names = instance.check_lazy_status(ctx)
         except Exception as exc:  # noqa: BLE001
             raise self._failure(call, exc, inputs) from exc
         return [n for n in names if n in call.schema.lazy_inputs and isinstance(call.inputs.get(n), Link)]
@@ -207,27 +208,28 @@ class _Run:
         outputs: list[list[Any]] = [[] for _ in schema.outputs]
         ui: dict[str, Any] = {}
         try:
-            for index, kwargs in enumerate(self._calls(schema.input_is_list, inputs)):
-                blocker = next((v for v in kwargs.values() if isinstance(v, ExecutionBlocker)), None)
-                if blocker is not None:
-                    self._blocked(call, blocker)
-                    for slot in outputs:
-                        slot.append(ExecutionBlocker(None))
-                    continue
-                returned = schema.cls.model_construct(**kwargs).execute(ctx)
-                values, call_ui, expand = ((returned.values, returned.ui, returned.expand)
-                                           if isinstance(returned, NodeOutput) else (returned, None, None))
-                if not isinstance(values, tuple) or len(values) != len(schema.outputs):
-                    raise TypeError(f"{schema.name}.execute must return a tuple of {len(schema.outputs)} values, "
-                                    f"got {type(values).__name__}")
-                expanded = self._expand(call, index, expand, values) if expand else {}
-                for slot, (out, value) in enumerate(zip(schema.outputs, values)):
-                    if slot in expanded:
-                        outputs[slot].extend(expanded[slot])
-                    else:
-                        outputs[slot].extend(value) if out.is_list else outputs[slot].append(value)
-                if call_ui:
-                    _merge_ui(ui, call_ui)
+            with ctx.active():
+                for index, kwargs in enumerate(self._calls(schema.input_is_list, inputs)):
+                    blocker = next((v for v in kwargs.values() if isinstance(v, ExecutionBlocker)), None)
+                    if blocker is not None:
+                        self._blocked(call, blocker)
+                        for slot in outputs:
+                            slot.append(ExecutionBlocker(None))
+                        continue
+                    returned = schema.cls.model_construct(**kwargs).execute(ctx)
+                    values, call_ui, expand = ((returned.values, returned.ui, returned.expand)
+                                               if isinstance(returned, NodeOutput) else (returned, None, None))
+                    if not isinstance(values, tuple) or len(values) != len(schema.outputs):
+                        raise TypeError(f"{schema.name}.execute must return a tuple of {len(schema.outputs)} values, "
+                                        f"got {type(values).__name__}")
+                    expanded = self._expand(call, index, expand, values) if expand else {}
+                    for slot, (out, value) in enumerate(zip(schema.outputs, values)):
+                        if slot in expanded:
+                            outputs[slot].extend(expanded[slot])
+                        else:
+                            outputs[slot].extend(value) if out.is_list else outputs[slot].append(value)
+                    if call_ui:
+                        _merge_ui(ui, call_ui)
         except Interrupted:
             raise
         except Exception as exc:  # noqa: BLE001 - any node failure becomes a structured execution error

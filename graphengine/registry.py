@@ -61,6 +61,7 @@ class NodeRegistry:
         self._import_shims: dict[str, Callable[[], types.ModuleType]] = {}
         for name, factory in builtin_shims().items():
             self.add_import_shim(name, factory)
+        self._server_extensions: list[Callable[[Any], None]] = []
 
     def register(self, cls: type[Node], *, python_module: str = "nodes", display_name: str | None = None,
                  schema: NodeSchema | None = None) -> NodeSchema:
@@ -165,14 +166,20 @@ class NodeRegistry:
     def object_info(self) -> dict[str, Any]:
         return {name: self.node_info(name) for name in self._schemas}
 
-    # -- custom node packs ----------------------------------------------------------------------------------------
+    # -- modules and server hooks for ComfyUI-style packs --------------------------------------------------------
 
     def add_import_shim(self, name: str, factory: Callable[[], types.ModuleType]) -> None:
-        """Provide module `name` to custom node packs: before a pack is imported, `factory()` is put into
-        sys.modules under `name` unless something is there already (parents before children)."""
+        """Provide module `name` to custom node packs (`folder_paths`, `comfy.utils`…): before a pack is imported,
+        `factory()` is put into sys.modules under `name` unless something is there already (parents first)."""
         self._import_shims[name] = factory
 
-    def install_import_shims(self) -> None:
+    def import_shims(self) -> dict[str, Callable[[], types.ModuleType]]:
+        return dict(self._import_shims)
+
+    def install_import_shims(self) -> list[str]:
+        """Install the shims whose names are absent (a child only where its package is there, and set as an
+        attribute of it); returns the names installed now."""
+        installed = []
         for name in sorted(self._import_shims, key=lambda n: n.count(".")):
             parent, _, child = name.rpartition(".")
             if name in sys.modules or (parent and parent not in sys.modules):
@@ -181,6 +188,18 @@ class NodeRegistry:
             sys.modules[name] = module
             if parent and not hasattr(sys.modules[parent], child):
                 setattr(sys.modules[parent], child, module)
+            installed.append(name)
+        return installed
+
+    def add_server_extension(self, attach: Callable[[Any], None]) -> None:
+        """`attach(server)` is called once by a server as it is built (before it starts), with an object offering
+        `add_routes(route_defs)`, `send(event_type, data, sid=None)` from any thread and `interrupt()`."""
+        self._server_extensions.append(attach)
+
+    def server_extensions(self) -> list[Callable[[Any], None]]:
+        return list(self._server_extensions)
+
+    # -- custom node packs ----------------------------------------------------------------------------------------
 
     def load_folder(self, folder: str | Path) -> list[str]:
         """Load every pack (a `.py` file or a package) in `folder`, each on its own, timed.

@@ -32,11 +32,24 @@ def node_classes() -> list[type]:
 
 def register(registry: NodeRegistry, config: RuntimeConfig) -> None:
     """Entry point of the `graphengine.nodes` group."""
+    from .comfy_compat import register_shims
+
     set_threads(config.options.get("threads") or default_threads())
     registry.services = Services(config=config, preview_method=config.options.get("preview_method", "none"))
     registry.on_warm_up(registry.services.warm_up)
     registry.register_all(node_classes(), python_module="nodes")
     registry.add_missing_node_hints(MISSING_NODE_HINTS)
+    register_shims(registry, registry.services)
+
+
+def __getattr__(name: str) -> object:
+    """ComfyUI's `nodes` names for custom node packs (NODE_CLASS_MAPPINGS, SaveImage, common_ksampler…), built on
+    first use and kept (nodes.comfy_compat.core_nodes)."""
+    from .comfy_compat.core_nodes import comfy_nodes_attribute
+
+    value = comfy_nodes_attribute(name)
+    globals()[name] = value
+    return value
 
 
 def set_threads(threads: int) -> None:

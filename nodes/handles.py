@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .comfy_compat.handles import ComfyModelMethods, ComfyVaeMethods
 from .samplers.conds import repeat_to_batch
 from .samplers.model_sampling import ModelSampling, ModelSamplingDiscrete
 from .work import (UNET_CALL_PIXELS, VAE_CALL_PIXELS, Interrupt, Progress, cancel_checks, device_budget, map_rows,
@@ -142,7 +143,7 @@ def sdxl_time_ids(cond: dict, height: int, width: int, count: int) -> list[float
 
 
 @dataclass(frozen=True, eq=False)
-class UNetModel:
+class UNetModel(ComfyModelMethods):
     """MODEL: a diffusers UNet2DConditionModel plus what the sampler needs to drive it.
 
     `latent_space` picks preview colours ("sd1" for SD1.x/SD2.x, "sdxl", anything else = decode with
@@ -369,7 +370,7 @@ def crop_to_multiple(pixels: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class VaeModel:
+class VaeModel(ComfyVaeMethods):
     """VAE: IMAGE [B,H,W,C] 0..1 <-> raw LATENT [B,c,H/8,W/8] (VAE units, not multiplied by the scale factor)."""
 
     vae_source: ModuleSource

@@ -15,6 +15,7 @@ from ..registry import NodeRegistry
 from ..runtime import build_registry
 from . import jobs, routes_files, routes_info, routes_queue, routes_user, static, templates
 from .config import ServerConfig
+from .extensions import attach_extensions
 from .hub import WebSocketHub
 from .security import error_middleware, security_middleware
 from .state import STATE, ServerState
@@ -52,6 +53,7 @@ def create_app(config: ServerConfig, registry: NodeRegistry | None = None, *,
     app.router.add_get("/ws", hub.handle)
     app.router.add_get("/api/ws", hub.handle)
     templates.setup(app, templates.TemplateLibrary(registry))
+    attach_extensions(app, hub, worker, registry.server_extensions())
     static.setup(app, static.frontend_root())  # last: the editor's web root catches every other path
 
     async def start(app: web.Application) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..comfy_compat.handles import ComfyClipMethods
 from ..handles import held_bytes, live_module
 from ..work import Progress
 from .embeddings import load_embedding
@@ -85,7 +86,7 @@ class _LiveModules(Mapping):
         return len(self._sources)
 
 
-class ClipModel:
+class ClipModel(ComfyClipMethods):
     """What flows through CLIP sockets. Cheap to clone; clones share the encoder modules."""
 
     def __init__(self, text_encoders, tokenizers, family: str, embedding_dirs: Sequence[str | os.PathLike] = (),
