@@ -84,6 +84,8 @@ def env(tmp_path_factory) -> Env:
     register(registry, RuntimeConfig(base_dir=base, models_dir=MODELS_DIR))
     functions: dict[str, Callable] = {}
     registry.register(make_pack_call(functions), python_module="custom_nodes.compat_test")
+    # Another registry in this process may have installed its shims already: these tests use their own.
+    earlier = {name: sys.modules.pop(name) for name in registry.import_shims() if name in sys.modules}
     installed = registry.install_import_shims()
     environment = Env(registry, Executor(registry), base, functions)
     environment.executor.events.subscribe(environment.events.append)
@@ -93,3 +95,4 @@ def env(tmp_path_factory) -> Env:
     torch.set_num_threads(before)
     for name in installed:
         sys.modules.pop(name, None)
+    sys.modules.update(earlier)
