@@ -226,8 +226,15 @@ def run_prompt(prompt: Any, extra_pnginfo: dict[str, Any], registry: NodeRegistr
     return EXIT_OK
 
 
+def _schemas_registry(args: argparse.Namespace) -> NodeRegistry:
+    """The node schemas without the nodes' implementations (no torch): what validate and convert need."""
+    config = _config(args)
+    config.schemas_only = True
+    return build_registry(config)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    registry = build_registry(_config(args))
+    registry = _schemas_registry(args)
     prompt, _ = _load(args, registry)
     validated = _validate(prompt, registry, _limits(registry, args))
     if validated is None:
@@ -374,7 +381,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except WorkflowFileError as exc:
         raise UserError(str(exc)) from None
     if is_ui_workflow(data):
-        registry = build_registry(_config(args))
+        registry = _schemas_registry(args)
         try:
             data = convert(data, registry, controls="apply" if args.apply_controls else "keep", seed=args.seed)
         except UIConversionError as exc:

@@ -8,7 +8,7 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-DISTRIBUTION = "graphengine"
+DISTRIBUTION = "graphengine-sd"  # pyproject.toml's name; the import package is graphengine
 
 
 def engine_version() -> str:

@@ -69,6 +69,10 @@ class NodeRegistry:
         schema = schema or schema_of(cls)
         if display_name:
             schema = NodeSchema(**{**schema.__dict__, "display_name": display_name})
+        return self.register_schema(schema, python_module=python_module)
+
+    def register_schema(self, schema: NodeSchema, *, python_module: str = "nodes") -> NodeSchema:
+        """Register an already built schema (graphengine.described builds them from a description)."""
         self._schemas[schema.name] = schema
         self._modules[schema.name] = python_module
         return schema
@@ -91,6 +95,9 @@ class NodeRegistry:
 
     def get(self, name: str) -> NodeSchema | None:
         return self._schemas.get(name)
+
+    def python_module(self, name: str) -> str:
+        return self._modules[name]
 
     # -- node types it does not have ---------------------------------------------------------------------------------
 

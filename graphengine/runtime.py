@@ -30,6 +30,9 @@ class RuntimeConfig:
     extra_model_paths: list[Path] = field(default_factory=list)
     custom_nodes_dirs: list[Path] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    # A pack may then register its nodes' schemas without their implementations (graphengine.described): enough
+    # to validate or convert a workflow, not to run it. `validate` and `convert` ask for this.
+    schemas_only: bool = False
 
     def __post_init__(self) -> None:
         base = Path(self.base_dir)

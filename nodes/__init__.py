@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 
 from graphengine import NodeRegistry, RuntimeConfig
+from graphengine.described import register_descriptions
 from graphengine.options import default_threads
 
 from .missing_node_hints import MISSING_NODE_HINTS
@@ -23,6 +26,10 @@ NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image",
                 )
 
 
+# Every node's schema, generated from the classes by tools/make_node_schemas.py (a test checks it is fresh).
+SCHEMAS_FILE = Path(__file__).with_name("node_schemas.json")
+
+
 def node_classes() -> list[type]:
     classes: list[type] = []
     for name in NODE_MODULES:
@@ -32,6 +39,9 @@ def node_classes() -> list[type]:
 
 def register(registry: NodeRegistry, config: RuntimeConfig) -> None:
     """Entry point of the `graphengine.nodes` group."""
+    if config.schemas_only and SCHEMAS_FILE.is_file():
+        register_schemas(registry, config)
+        return
     from .comfy_compat import register_shims
 
     set_threads(config.options.get("threads") or default_threads())
@@ -50,6 +60,14 @@ def __getattr__(name: str) -> object:
     value = comfy_nodes_attribute(name)
     globals()[name] = value
     return value
+
+
+def register_schemas(registry: NodeRegistry, config: RuntimeConfig) -> None:
+    """The nodes as described in SCHEMAS_FILE, without importing them (nor torch): enough to validate and convert
+    workflows (model and image file combos are listed from the folders), not to run them."""
+    registry.services = Services(config=config, preview_method=config.options.get("preview_method", "none"))
+    register_descriptions(registry, json.loads(SCHEMAS_FILE.read_text(encoding="utf-8")))
+    registry.add_missing_node_hints(MISSING_NODE_HINTS)
 
 
 def set_threads(threads: int) -> None:

@@ -21,6 +21,7 @@ from . import costs
 from .handles import held_bytes, live_module, module_device_dtype, on_compute_device
 from .loaders import loading
 from .models.clip_vision import load_clip_vision
+from .services import ModelFiles
 from .types import Image
 from .work import cancel_checks, row_chunks, run_units
 
@@ -111,7 +112,7 @@ class CLIPVisionLoader(Node):
     CATEGORY = "loaders"
     RETURNS = (Output("CLIP_VISION"),)
 
-    clip_name: Annotated[str, Combo(lambda s: s.folders.list("clip_vision"))]
+    clip_name: Annotated[str, Combo(ModelFiles("clip_vision"))]
 
     @classmethod
     def estimate(cls, inputs, upstream, services=None):

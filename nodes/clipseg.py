@@ -20,6 +20,7 @@ from graphengine import Boolean, Combo, Float, Int, Node, Output, String
 
 from .handles import module_device_dtype, on_compute_device
 from .loaders import loading
+from .services import ModelFiles
 from .types import Image
 from .work import Progress, map_rows
 
@@ -119,7 +120,7 @@ class CLIPSeg(Node):
                                                              "engine's compute device.")] = True
     every_batch: Annotated[bool, Boolean(optional=True, tooltip="Segment every image of the batch (off: only "
                                                                 "the first).")] = False
-    model_name: Annotated[str | None, Combo(lambda s: s.folders.list("clipseg"), optional=True,
+    model_name: Annotated[str | None, Combo(ModelFiles("clipseg"), optional=True,
                                             tooltip="A transformers CLIPSeg folder in models/clipseg (default: "
                                                     "the first one).")] = None
 

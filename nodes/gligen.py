@@ -30,6 +30,7 @@ from .handles import held_bytes, live_module, on_compute_device
 from .loaders import loading
 from .models.build import instantiate
 from .models.errors import ModelFileError
+from .services import ModelFiles
 from .types import MAX_RESOLUTION, Clip, Conditioning
 
 MAX_OBJECTS = 30
@@ -142,7 +143,7 @@ class GLIGENLoader(Node):
     CATEGORY = "loaders"
     RETURNS = (Output("GLIGEN"),)
 
-    gligen_name: Annotated[str, Combo(lambda s: s.folders.list("gligen"))]
+    gligen_name: Annotated[str, Combo(ModelFiles("gligen"))]
 
     @classmethod
     def estimate(cls, inputs, upstream, services=None):

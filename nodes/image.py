@@ -17,8 +17,9 @@ from graphengine import Combo, Float, Int, Node, NodeOutput, Output, Socket, Str
 
 from . import costs
 from .imageio import (annotated_path, check_relative_name, common_upscale, existing_image_file, frame_alpha,
-                      frame_channel, frame_to_rgb, list_image_files, png_text_chunks, read_frames, save_images,
+                      frame_channel, frame_to_rgb, png_text_chunks, read_frames, save_images,
                       scaled_size, split_annotation)
+from .option_sources import input_images
 from .types import MAX_RESOLUTION, Image
 from .work import map_batch
 
@@ -28,10 +29,6 @@ MASK_CHANNELS = ["alpha", "red", "green", "blue"]
 NO_ALPHA_MASK_SIZE = 64
 SAVE_COMPRESS_LEVEL = 4
 PREVIEW_COMPRESS_LEVEL = 1
-
-
-def input_images(services: Any) -> list[str]:
-    return list_image_files(services.input_dir) if services is not None else []
 
 
 def file_sha256(path: Path) -> str:

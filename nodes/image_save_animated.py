@@ -6,7 +6,6 @@ folder, never overwriting); the UI entries are `{"filename", "subfolder", "type"
 from __future__ import annotations
 
 import json
-import os
 import random
 import string
 from pathlib import Path
@@ -22,9 +21,10 @@ from graphengine.spec import ANY_TYPE
 from . import costs
 from .image import LoadImage, file_sha256, frames_to_batch
 from .image import _metadata as metadata_of
-from .imageio import (annotated_path, check_relative_name, list_image_files, read_frames, save_images, save_target,
+from .imageio import (annotated_path, check_relative_name, read_frames, save_images, save_target,
                       split_annotation, to_uint8)
 from .mask import as_mask_batch
+from .option_sources import output_images
 from .types import Image, Mask
 
 WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
@@ -32,7 +32,6 @@ MASK_PREVIEW_COMPRESS_LEVEL = 4
 # WEBP EXIF tags holding the metadata: ImageDescription for the prompt, then Make, Model… downwards for the rest.
 EXIF_PROMPT_TAG = 0x0110
 EXIF_FIRST_EXTRA_TAG = 0x010F
-OUTPUT_ANNOTATION = " [output]"
 
 
 def frame_images(images: torch.Tensor, interrupt) -> list[PILImage.Image]:
@@ -148,16 +147,6 @@ class MaskPreview(Node):
         results = save_images(grey, ctx.services.temp_dir, f"ComfyUI_temp_{suffix}", metadata_of(ctx),
                               MASK_PREVIEW_COMPRESS_LEVEL, "temp", interrupt=ctx.check_cancelled)
         return NodeOutput((), ui={"images": results})
-
-
-def output_images(services: Any) -> list[str]:
-    """Images directly in the output folder, newest first, annotated `name [output]`."""
-    if services is None:
-        return []
-    folder = services.output_dir
-    names = list_image_files(folder)
-    names.sort(key=lambda name: os.path.getmtime(folder / name), reverse=True)
-    return [name + OUTPUT_ANNOTATION for name in names]
 
 
 def output_image_file(services: Any, name: Any) -> Path:

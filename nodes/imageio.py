@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import mimetypes
 import os
 import re
 import urllib.parse
@@ -28,8 +27,6 @@ from graphengine.limits import MAX_IMAGE_PIXELS, check_image_size
 MAX_BATCH_PIXELS = 200_000_000
 MAX_FRAMES = 4096
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".apng",
-                              ".avif", ".heic", ".heif", ".ico", ".tga", ".ppm", ".pgm", ".pbm", ".mpo"})
 _ANNOTATION_RE = re.compile(r"^(.*) \[(output|input|temp)\]$")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, MemoryError)
 
@@ -106,22 +103,6 @@ def existing_image_file(services: Any, name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {name!r}")
     return path
-
-
-def list_image_files(folder: Path | str) -> list[str]:
-    """Image files (by extension / MIME type) directly inside `folder`, sorted; [] if it does not exist."""
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return []
-    names = []
-    for entry in entries:
-        if not os.path.isfile(os.path.join(folder, entry)):
-            continue
-        mime = mimetypes.guess_type(entry)[0] or ""
-        if mime.startswith("image/") or Path(entry).suffix.lower() in IMAGE_EXTENSIONS:
-            names.append(entry)
-    return sorted(names)
 
 
 # -- decoding ------------------------------------------------------------------------------------------------------

@@ -15,20 +15,13 @@ from graphengine import Combo, Estimate, Node, NodeOutput, Output, String
 from .image import file_sha256
 from .imageio import check_relative_name, folder_for, resolve_inside, split_annotation
 from .model_saving import HIDDEN, file_metadata, output_file
+from .option_sources import LATENT_SUFFIX, latent_files
 from .types import Latent
 
-SUFFIX = ".latent"
+SUFFIX = LATENT_SUFFIX
 TENSOR_KEY = "latent_tensor"
 VERSION_KEY = "latent_format_version_0"
 LEGACY_SCALE = 0.18215  # SD1's latent scale factor, applied inside files written before the version marker
-
-
-def latent_files(services: Any) -> list[str]:
-    """`*.latent` files directly inside the input folder, sorted."""
-    folder = Path(services.input_dir) if services is not None else None
-    if folder is None or not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(SUFFIX))
 
 
 def latent_path(services: Any, name: Any) -> Path:

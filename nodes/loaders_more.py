@@ -9,6 +9,7 @@ from graphengine import Combo, Node, Output
 
 from . import costs
 from .loaders import CHECKPOINT_RETURNS, checkpoint_outputs, clip_handle, loading
+from .services import ModelFiles
 
 # DualCLIPLoader's `type`: the pair of encoders it expects, in the family's slot order
 DUAL_CLIP_TYPES = {"sdxl": ("clip_l", "open_clip_g")}
@@ -20,8 +21,8 @@ class DualCLIPLoader(Node):
     CATEGORY = "advanced/loaders"
     RETURNS = (Output("CLIP"),)
 
-    clip_name1: Annotated[str, Combo(lambda s: s.folders.list("text_encoders"))]
-    clip_name2: Annotated[str, Combo(lambda s: s.folders.list("text_encoders"))]
+    clip_name1: Annotated[str, Combo(ModelFiles("text_encoders"))]
+    clip_name2: Annotated[str, Combo(ModelFiles("text_encoders"))]
     type: Annotated[str, Combo(list(DUAL_CLIP_TYPES))]
     device: Annotated[str, Combo(["default", "cpu"], optional=True, advanced=True)] = "default"
 
@@ -49,7 +50,7 @@ class DiffusersLoader(Node):
 
     CATEGORY = "advanced/loaders/deprecated"
     RETURNS = CHECKPOINT_RETURNS
-    model_path: Annotated[str, Combo(lambda s: s.folders.list("diffusers"))]
+    model_path: Annotated[str, Combo(ModelFiles("diffusers"))]
 
     def execute(self, ctx) -> tuple:
         services = ctx.services

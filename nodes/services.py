@@ -87,7 +87,10 @@ class Services:
             self.manager.free()
 
     def vram_bytes(self) -> int:
-        """Memory of the GPU the nodes run on (0 without CUDA); admission control derives its VRAM budget from it."""
+        """Memory of the GPU the nodes run on (0 without CUDA); admission control derives its VRAM budget from it.
+        0 with described nodes (RuntimeConfig.schemas_only): they estimate no memory, and torch stays unloaded."""
+        if self.config.schemas_only:
+            return 0
         import torch
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory \
             if torch.cuda.is_available() else 0

@@ -25,6 +25,7 @@ from .handles import held_bytes, live_module, module_device_dtype, on_compute_de
 from .loaders import loading
 from .models.build import instantiate
 from .models.errors import ModelFileError
+from .services import ModelFiles
 from .types import Conditioning
 
 HEAD_WIDTH = 128
@@ -120,7 +121,7 @@ class StyleModelLoader(Node):
     CATEGORY = "loaders"
     RETURNS = (Output("STYLE_MODEL"),)
 
-    style_model_name: Annotated[str, Combo(lambda s: s.folders.list("style_models"))]
+    style_model_name: Annotated[str, Combo(ModelFiles("style_models"))]
 
     @classmethod
     def estimate(cls, inputs, upstream, services=None):

@@ -27,6 +27,7 @@ from .clip_vision import ClipVisionModel, ClipVisionOutputSocket
 from .loaders import CHECKPOINT_RETURNS, checkpoint_outputs, loading
 from .models.clip_vision import load_clip_vision
 from .models.state_dict import read_prefixed, tensor_names
+from .services import ModelFiles
 from .types import Conditioning
 
 AUGMENTOR_PREFIX = "noise_augmentor."
@@ -100,7 +101,7 @@ class unCLIPCheckpointLoader(Node):  # noqa: N801 - ComfyUI's class name
     CATEGORY = "loaders"
     RETURNS = (*CHECKPOINT_RETURNS, Output("CLIP_VISION"))
 
-    ckpt_name: Annotated[str, Combo(lambda s: s.folders.list("checkpoints"))]
+    ckpt_name: Annotated[str, Combo(ModelFiles("checkpoints"))]
 
     @classmethod
     def estimate(cls, inputs, upstream, services=None):

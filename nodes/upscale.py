@@ -22,6 +22,7 @@ from .handles import (ModuleSource, held_bytes, module_device_dtype, on_compute_
                       tiled_map)
 from .loaders import loading
 from .models.state_dict import read_state_dict
+from .services import ModelFiles
 from .types import Image
 from .work import Progress
 
@@ -162,7 +163,7 @@ class UpscaleModelLoader(Node):
     CATEGORY = "loaders"
     RETURNS = (Output("UPSCALE_MODEL"),)
 
-    model_name: Annotated[str, Combo(lambda s: s.folders.list("upscale_models"))]
+    model_name: Annotated[str, Combo(ModelFiles("upscale_models"))]
 
     @classmethod
     def estimate(cls, inputs, upstream, services=None):

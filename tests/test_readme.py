@@ -49,3 +49,20 @@ def test_readme_example_node_runs():
         assert "width must be a multiple of 8" in err.node_errors["1"]["errors"][0]["details"]
     else:
         raise AssertionError("the example's validate_inputs hook did not run")
+
+
+def quick_start_commands() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", text[text.index("## Quick start"):], re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_ci_runs_exactly_the_readme_quick_start():
+    commands = quick_start_commands()
+    assert len(commands) == 2  # set up and run the main job; run the tests
+    assert "--index-url https://download.pytorch.org/whl/cpu" in commands[0]
+    assert commands[0].endswith("graphengine run workflows/txt2img.json")
+    ci_lines = (README.parent / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    found = [next(i for i, line in enumerate(ci_lines) if line.removesuffix(" \\") == command)
+             for command in commands]
+    assert found == sorted(found)  # in the README's order

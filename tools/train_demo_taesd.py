@@ -1,6 +1,6 @@
 """Distil a tiny TAESD preview decoder (`diffusers.AutoencoderTiny` decoder) from the bundled demo model's VAE.
 
-    python tools/train_demo_taesd.py [--steps 300] [--out models/vae_approx/taedemo_decoder.safetensors]
+    python tools/train_demo_taesd.py [--steps 1500] [--out models/vae_approx/taedemo_decoder.safetensors]
 
 Student input: model-unit latents (VAE latent × scaling factor) of training scenes, half of them perturbed towards
 noise as a sampler's x0 predictions are; target: the demo VAE's decode of the same latent. The pool of latents and
@@ -101,16 +101,18 @@ def crops(latents: torch.Tensor, targets: torch.Tensor, batch: int, gen: torch.G
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--pool", type=int, default=1024, help="training scenes encoded once")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (one leaves a shared machine usable)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "taesd")
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "vae_approx" / "taedemo_decoder.safetensors")
     args = parser.parse_args(argv)
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     vae, scale = load_vae()
     student = build_tiny(STUDENT)

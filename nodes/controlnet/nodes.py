@@ -10,12 +10,13 @@ from graphengine import Combo, Float, Node, Output, Socket
 
 from .. import costs
 from ..loaders import loading
+from ..services import ModelFiles
 from ..types import Conditioning, Image, Model, OptionalVae
 from .control import ControlLink, ControlNetHandle
 from .load import UnetWeights, load_control_model
 
 ControlNet = Annotated[Any, Socket("CONTROL_NET")]
-ControlNetName = Annotated[str, Combo(lambda s: s.folders.list("controlnet"))]
+ControlNetName = Annotated[str, Combo(ModelFiles("controlnet"))]
 Strength = Annotated[float, Float(min=0.0, max=10.0, step=0.01)]
 Percent = Annotated[float, Float(min=0.0, max=1.0, step=0.001)]
 # ComfyUI's union ControlNet (ControlNet++) control types and their indices.

@@ -29,6 +29,7 @@ from graphengine import Combo, Float, Node, Output
 from .. import costs
 from ..loaders import loading
 from ..models.errors import ModelFileError
+from ..services import ModelFiles
 from ..types import Model
 from . import required
 from .hooks import hook_set
@@ -181,7 +182,7 @@ class HypernetworkLoader(Node):
     RETURNS = (Output("MODEL"),)
 
     model: Model
-    hypernetwork_name: Annotated[str, Combo(lambda s: s.folders.list("hypernetworks"))]
+    hypernetwork_name: Annotated[str, Combo(ModelFiles("hypernetworks"))]
     strength: Annotated[float, Float(min=-10.0, max=10.0, step=0.01)] = 1.0
 
     @classmethod

@@ -1,19 +1,29 @@
-"""Model files: folders, reading weights, family detection, single-file load/save, and the model manager."""
+"""Model files: folders, reading weights, family detection, single-file load/save, and the model manager.
 
-from .errors import ModelFileError, ModelNotFound, UnknownModelError, UnsafeModelPath
-from .families import FAMILIES, Family, TextEncoderSpec, get_family, load_tokenizer
-from .folders import ModelFolders
-from .state_dict import read_state_dict
-from .detect import Detection, detect_checkpoint
-from .single_file import (
-    LoadedCheckpoint, TextEncoder, load_checkpoint, load_diffusers_folder, load_text_encoder, load_unet, load_vae,
-    save_checkpoint,
-)
-from .manager import ModelManager
+The names below load their submodule on first use, so that `nodes.models.folders` (file listings, torch-free) can
+be imported by `graphengine validate` without loading torch and diffusers."""
 
-__all__ = [
-    "FAMILIES", "Detection", "Family", "LoadedCheckpoint", "ModelFileError", "ModelFolders", "ModelManager",
-    "ModelNotFound", "TextEncoder", "TextEncoderSpec", "UnknownModelError", "UnsafeModelPath", "detect_checkpoint",
-    "get_family", "load_checkpoint", "load_diffusers_folder", "load_text_encoder", "load_tokenizer", "load_unet",
-    "load_vae", "read_state_dict", "save_checkpoint",
-]
+import importlib
+from typing import Any
+
+_SUBMODULE_OF = {
+    "ModelFileError": "errors", "ModelNotFound": "errors", "UnknownModelError": "errors", "UnsafeModelPath": "errors",
+    "FAMILIES": "families", "Family": "families", "TextEncoderSpec": "families", "get_family": "families",
+    "load_tokenizer": "families",
+    "ModelFolders": "folders",
+    "read_state_dict": "state_dict",
+    "Detection": "detect", "detect_checkpoint": "detect",
+    "LoadedCheckpoint": "single_file", "TextEncoder": "single_file", "load_checkpoint": "single_file",
+    "load_diffusers_folder": "single_file", "load_text_encoder": "single_file", "load_unet": "single_file",
+    "load_vae": "single_file", "save_checkpoint": "single_file",
+    "ModelManager": "manager",
+}
+
+__all__ = sorted(_SUBMODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    submodule = _SUBMODULE_OF.get(name)
+    if submodule is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{submodule}"), name)
