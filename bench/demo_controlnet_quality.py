@@ -1,16 +1,17 @@
 #!/usr/bin/env python
-"""The bundled demo ControlNet, measured through the engine: does the edge map put the shape where it says?
+"""The bundled demo ControlNet, measured through the engine: does the depth map put the shape where it says?
 
     python bench/demo_controlnet_quality.py [--models-dir models] [--count 24] [--sampler dpmpp_2m]
 
-Held-out scenes of the base model (tools/shapes_data.py; the ControlNet never trained on them) are rendered, saved
-as the control image and run through the `controlnet` workflow template (LoadImage -> Canny -> ControlNetLoader +
-ControlNetApplyAdvanced -> KSampler, 20 steps, CFG 5) with prompts that leave the positions out, so only the control
-can say where the shapes go, and again with the full prompts. Columns: the trained ControlNet; no ControlNet (strength
-0: ControlNetApplyAdvanced passes the conditioning through); an untrained ControlNet (ControlNetModel.from_unet of the
-demo UNet, as training starts: zero convolutions) at strength 1. Every image is scored against the full scene with
-the scene scorer, plus the mean error (0-255) against the scene's own render inside the object's box. One executor
-runs everything (the checkpoint stays loaded); prints a markdown table per prompt kind.
+Held-out scenes of the base model (tools/shapes_data.py; the ControlNet never trained on them) have their depth
+maps rendered, saved as the control image and run through the `controlnet` workflow template (LoadImage ->
+ControlNetLoader + ControlNetApplyAdvanced -> KSampler, 20 steps, CFG 5) with prompts that leave the positions out,
+so only the control can say where the shapes go, and again with the full prompts. Columns: the trained ControlNet;
+no ControlNet (strength 0: ControlNetApplyAdvanced passes the conditioning through); an untrained ControlNet
+(ControlNetModel.from_unet of the demo UNet, as training starts: zero convolutions) at strength 1. Every image is
+scored against the full scene with the scene scorer, plus the mean error (0-255) against the scene's own render
+inside the object's box. One executor runs everything (the checkpoint stays loaded); prints a markdown table per
+prompt kind.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ for _path in (ROOT, ROOT / "tools", ROOT / "bench"):
         sys.path.insert(0, str(_path))
 
 import shapes_data as sd  # noqa: E402
+from make_workflow_inputs import depth_image  # noqa: E402
 from demo_quality import CFG, CHECKS, STEPS, held_out_split, make_engine, object_mask, reference, region_mae, \
     run_graph, without_positions, write_input  # noqa: E402
 
 from workflows import templates  # noqa: E402
 
-UNTRAINED = "graphengine-demo-canny-untrained.safetensors"
+UNTRAINED = "graphengine-demo-depth-untrained.safetensors"
 COLUMNS = {"controlnet": (templates.DEMO_CONTROLNET, 1.0), "without": (templates.DEMO_CONTROLNET, 0.0),
            "untrained": (UNTRAINED, 1.0)}
 
@@ -55,8 +57,8 @@ def render(engine, prompt: str, control_image: str, control_net: str, strength: 
 
 
 def control_image(engine, scene, index: int) -> str:
-    """The scene's canonical render in the engine's input folder (the workflow takes its Canny edges)."""
-    return write_input(engine, f"control_{index}.png", reference(scene))
+    """The depth map of the scene's canonical render in the engine's input folder (as input/depth_map.png)."""
+    return write_input(engine, f"control_{index}.png", np.asarray(depth_image(sd.render(scene)[1])))
 
 
 def object_error(image: np.ndarray, scene) -> float:
@@ -85,8 +87,8 @@ def write_untrained(folder: Path, checkpoint: Path) -> Path:
 
     base = training.load_base_model(checkpoint, torch.device("cpu"))
     torch.manual_seed(0)
-    ctx = {"out": folder, "checkpoint": checkpoint, "name": Path(UNTRAINED).stem, "steps": 0, "runs": [],
-           "seed": 0, "lr": 0.0, "batch": 0, "p_position": 0.0}
+    ctx = {"out": folder, "checkpoint": checkpoint, "name": Path(UNTRAINED).stem, "control": "depth", "steps": 0,
+           "runs": [], "seed": 0, "lr": 0.0, "batch": 0, "p_position": 0.0, "p_empty": 0.0, "timestep_power": 1.0}
     return training.export_file(ctx, training.build_controlnet(base.unet), 0, None)
 
 

@@ -25,7 +25,6 @@ SCENES = {
     "inpaint_image.png": "a red circle on the left and a yellow square on the right on a blue background",
     "outpaint_source": "a large green square on the left on a white background",
     "depth_source": "a large red circle at the bottom and a small blue square at the top on a gray background",
-    "controlnet_source.png": "a large yellow triangle on the right on a green background",
 }
 
 
@@ -62,7 +61,6 @@ def sample_inputs() -> dict[str, Image.Image]:
         "inpaint_mask.png": right_half_mask(),
         "outpaint_image.png": outpaint.crop((0, 0, half, sd.IMAGE_SIZE)),  # left half; the template pads the right
         "depth_map.png": depth_image(depth),
-        "controlnet_source.png": scene(SCENES["controlnet_source.png"])[0],  # the workflow takes its Canny edges
     }
 
 

@@ -1,6 +1,6 @@
 """The committed demo ControlNet through the engine: the file loads through ControlNetLoader with no hints, the
 bundled `controlnet` workflow runs, and on held-out scenes (never trained on) with prompts that leave the position
-out, the Canny edges of the scene put the shape where they say, nearer than the same prompt without the ControlNet.
+out, the depth map of the scene puts the shape where it says, nearer than the same prompt without the ControlNet.
 
 Skipped when the demo model or the ControlNet file is absent. Thresholds leave margin below what the ControlNet
 scores (bench/demo_controlnet_quality.py)."""
@@ -22,7 +22,7 @@ for _path in (ROOT / "bench", ROOT / "tools"):
 
 from tests.demo.test_demo_model import BASE_FILE, MODELS_DIR  # noqa: E402
 
-CONTROLNET_FILE = MODELS_DIR / "controlnet" / "graphengine-demo-canny.safetensors"
+CONTROLNET_FILE = MODELS_DIR / "controlnet" / "graphengine-demo-depth.safetensors"
 pytestmark = pytest.mark.skipif(not (BASE_FILE.is_file() and CONTROLNET_FILE.is_file()),
                                 reason="the demo model or the demo ControlNet is absent "
                                        "(tools/train_demo_controlnet.py)")
@@ -53,14 +53,15 @@ def test_the_bundled_file_is_an_original_layout_controlnet_of_the_demo_unet():
     net = load_control_model(CONTROLNET_FILE)  # what ControlNetLoader calls; the workflow test runs the node
     assert isinstance(net, ControlNetModel) and tuple(net.config.block_out_channels) == (64, 128, 128)
     assert CONTROLNET_FILE.stat().st_size < 8_000_000
-    assert json.loads(metadata["graphengine.controlnet_training"])["base_model"] == BASE_FILE.name
+    record = json.loads(metadata["graphengine.controlnet_training"])
+    assert record["base_model"] == BASE_FILE.name and record["control"] == "depth"
 
 
 def test_the_controlnet_template_runs(engine):
     from workflows import templates
 
-    shutil.copy(ROOT / "input" / "controlnet_source.png", engine.input_dir / "controlnet_source.png")
-    prompt = templates.controlnet("a large red triangle on a blue background", steps=STEPS,
+    shutil.copy(ROOT / "input" / "depth_map.png", engine.input_dir / "depth_map.png")
+    prompt = templates.controlnet("a large red circle and a small blue square on a gray background", steps=STEPS,
                                   registry=engine.registry).to_api()
     result = engine.executor.execute(prompt)
     assert result.ok, result.error
@@ -73,7 +74,7 @@ def _centroid_error(image: np.ndarray, scene) -> float:
     return float("inf") if error is None else error
 
 
-def test_the_edges_move_the_shape_to_where_the_control_says(engine):
+def test_the_depth_map_moves_the_shape_to_where_the_control_says(engine):
     singles, _ = dq.held_out_split()
     scenes = [singles[i] for i in SCENE_PICKS]
     assert {s.objects[0].position for s in scenes} == {"left", "right", "top", "bottom"}

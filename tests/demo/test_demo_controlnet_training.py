@@ -1,6 +1,7 @@
 """tools/train_demo_controlnet.py end to end at toy size: trains, checkpoints, evaluates, skips a finished run,
 resumes exactly, and exports an original-layout (`control_model.*`) fp16 file that the engine's ControlNet loader
-reads back, without hints, into the ControlNet that was trained; the hint is the engine Canny node's edge map."""
+reads back, without hints, into the ControlNet that was trained; the hint is the scene's depth map as the workflow
+loads it (or the engine Canny node's edge map)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -56,7 +58,7 @@ def test_training_checkpoints_evaluates_and_exports(trained):
     with safe_open(str(trained / "toy.safetensors"), "pt") as handle:
         metadata = handle.metadata()
     record = json.loads(metadata["graphengine.controlnet_training"])
-    assert record["control"] == "canny" and record["canny_thresholds"] == [train.CANNY_LOW, train.CANNY_HIGH]
+    assert record["control"] == "depth" and record["timestep_power"] == 3.0 and "canny_thresholds" not in record
     assert json.loads(metadata["graphengine.controlnet_eval"]) == evaluations[0]
 
 
@@ -90,11 +92,34 @@ def test_export_is_the_original_layout_and_loads_back_into_the_trained_net(train
     assert all(torch.equal(mine[k], state[k].half().float()) for k in state)
 
 
-def test_the_hint_is_the_canny_nodes_edge_map_of_the_scene():
+def test_the_depth_hint_is_the_scenes_filled_silhouette_as_the_png_holds_it():
+    from make_workflow_inputs import depth_image
+
     scene = sd.held_out_scenes()[1]
     hint = train.scene_hints([scene])
+    png = torch.from_numpy(np.array(depth_image(sd.render(scene)[1]))).permute(2, 0, 1).float() / 255
+    assert hint.shape == (1, 3, sd.IMAGE_SIZE, sd.IMAGE_SIZE) and torch.equal(hint[0], png)
+    placed = sd.layout(scene)[0]
+    ys, xs = torch.nonzero(hint[0, 0] > 0.25, as_tuple=True)
+    assert len(xs) > 50 and hint[0, 0].max() >= 0.5  # filled, nearer than the black background
+    assert abs(xs.float().mean() - placed.center[0]) < 2 and abs(ys.float().mean() - placed.center[1]) < 2
+
+
+def test_the_canny_hint_is_the_canny_nodes_edge_map_of_the_scene():
+    scene = sd.held_out_scenes()[1]
+    hint = train.scene_hints([scene], control="canny")
     assert hint.shape == (1, 3, sd.IMAGE_SIZE, sd.IMAGE_SIZE) and set(hint.unique().tolist()) <= {0.0, 1.0}
     placed = sd.layout(scene)[0]
     ys, xs = torch.nonzero(hint[0, 0], as_tuple=True)
     assert len(xs) > 10  # the outline of the shape, around its centre
     assert abs(xs.float().mean() - placed.center[0]) < 3 and abs(ys.float().mean() - placed.center[1]) < 3
+
+
+def test_cubic_timesteps_favour_high_noise():
+    def draw(power: float) -> torch.Tensor:
+        return train.biased_timesteps(20_000, 1000, power, torch.Generator().manual_seed(0))
+
+    uniform, cubic = draw(1.0), draw(3.0)
+    assert 0 <= int(cubic.min()) and int(cubic.max()) <= 999 and cubic.dtype == torch.int64
+    assert abs(uniform.float().mean() - 500) < 10 and abs(cubic.float().mean() - 750) < 10  # E[1 - u^3] = 3/4
+    assert (cubic >= 500).float().mean() > 0.75  # P(u^3 <= 1/2) = 0.79
