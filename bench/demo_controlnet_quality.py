@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -97,8 +98,8 @@ def scratch_models(models_dir: Path, work: Path) -> Path:
     scratch = work / "models"
     (scratch / "controlnet").mkdir(parents=True)
     (scratch / "checkpoints").symlink_to((models_dir / "checkpoints").resolve(), target_is_directory=True)
-    for path in (models_dir / "controlnet").glob("*.safetensors"):
-        (scratch / "controlnet" / path.name).symlink_to(path.resolve())
+    for path in (models_dir / "controlnet").glob("*.safetensors"):  # copied: the folder lists no file links
+        shutil.copy(path, scratch / "controlnet" / path.name)
     write_untrained(scratch / "controlnet", models_dir / "checkpoints" / templates.BASE_CHECKPOINT)
     return scratch
 
