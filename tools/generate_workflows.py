@@ -39,6 +39,7 @@ WORKFLOWS: dict[str, tuple[str, dict[str, Any]]] = {
         "prompt": "a large green square on the left and a small red circle on the right on a white background"}),
     "depth2img": ("depth2img", {
         "prompt": "a small green square at the top and a large yellow circle at the bottom on a purple background"}),
+    "controlnet": ("controlnet", {"prompt": "a large yellow circle and a small green square on a purple background"}),
     "hires_fix": ("hires_fix", {"prompt": "a large orange triangle in the center on a black background"}),
     "hires_fix_model": ("hires_fix_model", {"prompt": "a large orange triangle in the center on a black background"}),
     "variations": ("variations", {"prompt": "a small purple square at the top on a yellow background"}),

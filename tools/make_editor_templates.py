@@ -53,6 +53,8 @@ CATEGORIES: list[tuple[str, str, list[tuple[str, str, str, str]]]] = [
     ("Depth", "icon-[lucide--layers]", [
         ("graphengine_depth2img", "depth2img", "Depth to Image",
          "A depth map places the objects: the 5-channel demo depth model with ConditioningSetDepth."),
+        ("graphengine_controlnet", "controlnet", "ControlNet (depth)",
+         "A depth map places the shapes through the bundled demo ControlNet (ControlNetApplyAdvanced)."),
     ]),
     ("LoRA", "icon-[lucide--sparkles]", [
         ("graphengine_lora", "lora", "LoRA",

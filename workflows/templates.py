@@ -18,6 +18,7 @@ DEPTH_CHECKPOINT = "graphengine-demo-depth.safetensors"
 DEMO_LORA = "graphengine-demo-corners.safetensors"  # models/loras/: teaches the demo model shapes in the corners
 DEMO_CLIPSEG = "graphengine-demo-clipseg"  # models/clipseg/: finds "the red circle" in the shapes scenes
 UPSCALE_MODEL = "RealESRGAN_x2plus.pth"  # models/upscale_models/: not bundled (RealESRGAN's own 2x release file)
+DEMO_CONTROLNET = "graphengine-demo-depth.safetensors"  # models/controlnet/: a depth map places the demo model's shapes
 AREA_MIN = 64  # ConditioningSetArea's smallest width/height in pixels
 
 def _graph(registry: NodeRegistry | None) -> Graph:
@@ -204,6 +205,28 @@ def _two_pass(g: Graph, checkpoint: str, prompt: str, negative: str, width: int,
     return g
 
 
+def controlnet(prompt: str, control_image: str = "depth_map.png", control_net_name: str = DEMO_CONTROLNET,
+               strength: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0, negative: str = "",
+               width: int = 64, height: int = 64, steps: int = 20, cfg: float = 5.0, sampler: str = "euler",
+               scheduler: str = "normal", seed: int = 0, checkpoint: str = BASE_CHECKPOINT,
+               filename_prefix: str = "controlnet", *, registry: NodeRegistry | None = None) -> Graph:
+    """Text to image steered by a depth ControlNet: the depth map (white = near) says where the shapes go and how
+    they look; the prompt says their colours."""
+    g = _graph(registry)
+    model, _clip, vae, positive, negative_cond = _prompts(g, checkpoint, prompt, negative)
+    depth = g.LoadImage(image=control_image, _title="Depth map").IMAGE
+    control_net = g.ControlNetLoader(control_net_name=control_net_name)[0]
+    controlled = g.ControlNetApplyAdvanced(positive=positive, negative=negative_cond, control_net=control_net,
+                                           image=depth, strength=strength, start_percent=start_percent,
+                                           end_percent=end_percent)
+    latent = g.EmptyLatentImage(width=width, height=height, batch_size=1)
+    sampled = g.KSampler(model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler,
+                         positive=controlled.positive, negative=controlled.negative, latent_image=latent,
+                         denoise=1.0)
+    _decode_and_save(g, sampled[0], vae, filename_prefix)
+    return g
+
+
 def hires_fix(prompt: str, negative: str = "", width: int = 64, height: int = 64, scale_by: float = 1.5,
               upscale_method: Literal["nearest-exact", "bilinear", "area", "bicubic", "bislerp"] = "nearest-exact",
               hires_denoise: float = 0.5, steps: int = 20, hires_steps: int = 10, cfg: float = 5.0,
@@ -305,6 +328,7 @@ TEMPLATES = {
     "clipseg_inpaint": clipseg_inpaint,
     "outpaint": outpaint,
     "depth2img": depth2img,
+    "controlnet": controlnet,
     "hires_fix": hires_fix,
     "hires_fix_model": hires_fix_model,
     "variations": variations,

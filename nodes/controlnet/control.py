@@ -10,6 +10,9 @@ repeated to the call's batch; the UNet then asks the bound `ControlCall` for res
 residuals (scaled by its strength) go to `down_block_additional_residuals` / `mid_block_additional_residual`, a
 T2I-Adapter's features (scaled) to `down_intrablock_additional_residuals`, as diffusers' pipelines pass them; stacked
 links are summed. A chain with no active link binds to None, so those steps run exactly as without ControlNet.
+A T2I-Adapter's features depend on its hint alone, not on the step: a sampling run gives its conditionings' chains
+one `AdapterFeatures` (`ControlLink.for_run`), and each adapter runs once per (link, latent size, batch rows) in
+that run.
 """
 
 from __future__ import annotations
@@ -144,12 +147,17 @@ class ControlNetHandle:
             device, dtype = module_device_dtype(net)
             hint = hint.to(device, dtype)
             if self.kind == "t2i_adapter":
-                features = [f * strength for f in net(hint)]
-                return Residuals(intrablock=[_crop_feature(f, x.shape[-2:], hint.shape[-2]) for f in features])
+                return Residuals(intrablock=adapter_features(net, hint, x.shape[-2:], strength))
             added = {k: v.to(device, dtype) for k, v in added.items()} if added is not None else None
             down, mid = net(x.to(device, dtype), t.to(device), context.to(device, dtype), hint,
                             conditioning_scale=strength, added_cond_kwargs=added, return_dict=False)
             return Residuals(down=list(down), mid=mid)
+
+
+def adapter_features(adapter: torch.nn.Module, hint: torch.Tensor, latent_size: torch.Size,
+                     strength: float) -> list[torch.Tensor]:
+    """A T2I-Adapter's features for `hint`, scaled by `strength` and cut to the UNet levels of `latent_size`."""
+    return [_crop_feature(f * strength, latent_size, hint.shape[-2]) for f in adapter(hint)]
 
 
 def _crop_feature(feature: torch.Tensor, latent_size: torch.Size, hint_height: int) -> torch.Tensor:
@@ -188,6 +196,7 @@ class ControlLink:
     start_percent: float = 0.0
     end_percent: float = 1.0
     previous: ControlLink | None = None
+    features: AdapterFeatures | None = None  # a sampling run's T2I-Adapter features (see `for_run`)
 
     def chain(self) -> list[ControlLink]:
         """Every link of the stack, the first applied first."""
@@ -209,13 +218,39 @@ class ControlLink:
         hint = common_upscale(self.hint.to(torch.float32), hint_w, hint_h, HINT_UPSCALE, "center")
         return broadcast_hint(fit_channels(hint, self.net.hint_channels), batch, groups)
 
+    def for_run(self, run: dict) -> ControlLink:
+        """This chain for one sampling run: its T2I-Adapter links share the run's `AdapterFeatures`. `run` is one
+        dict per run; it keeps the rebuilt links, so a chain that several entries share stays one object."""
+        key = ("control link", id(self))  # the run's conditionings hold every link for the whole run
+        if key not in run:
+            previous = None if self.previous is None else self.previous.for_run(run)
+            features = run.setdefault("adapter features", AdapterFeatures()) \
+                if self.net.kind == "t2i_adapter" else None
+            run[key] = self if previous is self.previous and features is None else \
+                dataclasses.replace(self, previous=previous, features=features)
+        return run[key]
+
     def bind(self, sigma: float, percent_to_sigma: Callable[[float], float], height: int, width: int, batch: int,
              groups: int) -> ControlCall | None:
         """The chain's active links for one network call over a height x width latent window (None: none active)."""
         links = [link for link in self.chain() if link.active(sigma, percent_to_sigma)]
         if not links:
             return None
-        return ControlCall(tuple((link, link.prepared_hint(height, width, batch, groups)) for link in links))
+        return ControlCall(tuple((link, link.prepared_hint(height, width, batch, groups)) for link in links),
+                           (height, width, batch, groups))
+
+
+class AdapterFeatures:
+    """One sampling run's T2I-Adapter residuals, by (link, latent size, batch, groups, rows): the adapter runs once
+    for each and every later step reuses its features (they depend on the hint, not on the step)."""
+
+    def __init__(self) -> None:
+        self._residuals: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def residuals(self, key: tuple, compute: Callable[[], Residuals]) -> Residuals:
+        if key not in self._residuals:
+            self._residuals[key] = tuple(compute().intrablock)
+        return Residuals(intrablock=list(self._residuals[key]))
 
 
 @dataclass(frozen=True)
@@ -223,6 +258,7 @@ class ControlCall:
     """The active links of a chain bound to one network call, with their hints at the call's size and batch."""
 
     links: tuple[tuple[ControlLink, torch.Tensor], ...]
+    shape: tuple[int, int, int, int] = (0, 0, 0, 0)  # the call's (latent height, width, batch, groups)
 
     def check_model(self, model: Any) -> None:
         for link, _ in self.links:
@@ -233,5 +269,11 @@ class ControlCall:
         """UNet keyword arguments with the summed residuals of every active link, for the batch rows `rows`."""
         total = Residuals()
         for link, hint in self.links:
-            total = total.plus(link.net.residuals(hint[rows], x, t, context, added, link.strength))
+            def compute(link=link, hint=hint) -> Residuals:
+                return link.net.residuals(hint[rows], x, t, context, added, link.strength)
+            if link.features is not None:
+                key = (link, *self.shape, rows.start, rows.stop, rows.step, x.device, dtype)
+                total = total.plus(link.features.residuals(key, compute))
+            else:
+                total = total.plus(compute())
         return total.unet_kwargs(dtype)

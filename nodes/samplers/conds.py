@@ -269,6 +269,18 @@ def controls_for_uncond(positive: list, negative: list) -> list:
     return negative
 
 
+def controls_for_run(conditionings: list[list]) -> list[list]:
+    """The run's conditionings with each entry's control bound to this sampling run (`control.for_run(run)`, one
+    `run` dict for all of them), e.g. so that T2I-Adapter features are computed once per run, not at every step."""
+    run: dict = {}
+
+    def bound(options: dict) -> dict:
+        control = options.get("control")
+        return {**options, "control": control.for_run(run)} if hasattr(control, "for_run") else options
+
+    return [[[context, bound(options)] for context, options in conditioning] for conditioning in conditionings]
+
+
 def guided_x0(
     model,
     x: torch.Tensor,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from .conds import controls_for_uncond, guided_x0, repeat_to_batch, resize_mask
+from .conds import controls_for_run, controls_for_uncond, guided_x0, repeat_to_batch, resize_mask
 from .guidance import RunGuidance
 from .latent_format import latent_from_model, latent_to_model
 from .model_sampling import ModelSampling
@@ -304,10 +304,11 @@ def sample_sigmas(
             inpaint_noise = torch.randn(samples.shape, generator=generator, dtype=torch.float32).to(device)
         inpaint = InpaintBlend(denoise_mask, latent_in, inpaint_noise)
 
+    positive, negative = controls_for_run([positive, controls_for_uncond(positive, negative)])
     denoiser = GuidedDenoiser(
         model,
         positive,
-        controls_for_uncond(positive, negative),
+        negative,
         float(cfg),
         force_uncond=is_cfg_pp(sampler_name) or getattr(sampler, "needs_uncond_denoised", False),
         inpaint=inpaint,

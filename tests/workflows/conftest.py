@@ -37,6 +37,19 @@ def write_demo_named_checkpoints(models: Path) -> None:
     write_demo_named_lora(models / "loras")
     write_demo_named_upscale_model(models / "upscale_models")
     write_demo_named_clipseg(models / "clipseg")
+    write_demo_named_controlnet(models / "controlnet")
+
+
+def write_demo_named_controlnet(folder: Path) -> None:
+    """A tiny random ControlNet of the tiny UNet (original layout) under the demo ControlNet's name."""
+    from nodes.controlnet.layout import controlnet_to_original
+    from nodes.models.state_dict import write_safetensors
+    from tests.nodes_sd.controlnet_files import tiny_controlnet
+    from tests.nodes_sd.tiny import tiny_unet
+    from workflows.templates import DEMO_CONTROLNET
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / DEMO_CONTROLNET, controlnet_to_original(tiny_controlnet(tiny_unet(), 7).state_dict()))
 
 
 def write_demo_named_clipseg(folder: Path) -> None:

@@ -30,6 +30,7 @@ EXPECTED_IMAGES = {
     "inpaint_model_conditioning": (1, (64, 64)),
     "outpaint": (1, (64, 64)),  # the 32-px-wide sample padded by 32 on the right
     "depth2img": (1, (64, 64)),
+    "controlnet": (1, (64, 64)),
     "hires_fix": (1, (96, 96)),
     "hires_fix_model": (1, (128, 128)),  # the 2x upscale model's output, resampled
     "variations": (4, (64, 64)),
