@@ -242,6 +242,9 @@ class UNetModel:
     def prepare_conditioning(self, conditioning: list, seed: int) -> list:
         """Per-run work on a CONDITIONING before sampling: an unCLIP model's class labels from each entry's
         unCLIP records, noised with the sampler's seed (entries are copied, never changed)."""
+        if any("concat_image" in extras for _, extras in conditioning):  # SD_4XUpscale_Conditioning's
+            from .models.families import X4_UPSCALER_UNSUPPORTED
+            raise ValueError(f"this conditioning is for an SD x4 upscaler model, and {X4_UPSCALER_UNSUPPORTED}")
         if self.unclip is None:
             return conditioning
         return [[cond, {**extras, "unclip_adm": self.unclip_adm(extras, seed)}] for cond, extras in conditioning]

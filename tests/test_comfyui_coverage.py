@@ -15,7 +15,6 @@ CORE = json.loads((Path(__file__).parent / "data" / "comfyui_core_sd_nodes.json"
 
 NOT_SUPPORTED = {
     "ImageOnlyCheckpointLoader": "it loads Stable Video Diffusion / Zero123 checkpoints: no video or 3D family here",
-    "SD_4XUpscale_Conditioning": "the SD x4 upscaler (a pixel-conditioned 7-channel UNet) is not a supported family",
 }
 
 

@@ -82,6 +82,10 @@ REFINER_CLIP_G = TextEncoderSpec(
     "tokenizer_openclip", layer=-2, final_norm=False, pooled=True,
 )
 
+# Families that are recognised only to be refused by name (the loader and the sampler say this)
+X4_UPSCALER_UNSUPPORTED = ("the SD x4 upscaler family (a 7-channel UNet: the latent plus the low-resolution image, "
+                           "with a noise-level class embedding) is not supported by this engine")
+
 SD_LATENT_SCALE = 0.18215
 SDXL_LATENT_SCALE = 0.13025
 
