@@ -23,7 +23,8 @@ def ip2p_graph(invert: bool = False) -> dict:
             "encode": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
             "sample": ksampler(["ip2p", 2], pos=["ip2p", 0], neg=["ip2p", 1], steps=2),
             "out": capture(["sample", 0]), "out_ip2p": capture(["ip2p", 0]), "out_neg": capture(["ip2p", 1]),
-            "out_latent": capture(["ip2p", 2]), "out_encoded": capture(["encode", 0]), "out_model": capture(["ckpt", 0])}
+            "out_latent": capture(["ip2p", 2]), "out_encoded": capture(["encode", 0]),
+            "out_model": capture(["ckpt", 0])}
 
 
 def _run(env, graph: dict) -> dict:
@@ -67,7 +68,8 @@ def test_every_unet_call_gets_the_image_latent_for_cond_and_uncond(env):
 def test_ip2p_model_without_the_image_samples_on_zero_channels(env):
     graph = {**base_nodes(IP2P), "empty": {"class_type": "EmptyLatentImage",
                                            "inputs": {"width": 32, "height": 32, "batch_size": 1}},
-             "sample": ksampler(["empty", 0], steps=1), "out": capture(["sample", 0]), "out_model": capture(["ckpt", 0])}
+             "sample": ksampler(["empty", 0], steps=1), "out": capture(["sample", 0]),
+             "out_model": capture(["ckpt", 0])}
     model = _run(env, graph)["out_model"]
     seen: list[torch.Tensor] = []
     hook = model.unet.conv_in.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
@@ -125,6 +127,7 @@ def test_an_x4_upscaler_checkpoint_is_refused_naming_the_family():
 
     from .tiny import tiny_text_encoder, tiny_unet, tiny_vae
 
-    sd = original_state_dict(tiny_unet(in_channels=7), tiny_vae(), [tiny_text_encoder()], FAMILIES["sd15"].text_encoders)
+    sd = original_state_dict(tiny_unet(in_channels=7), tiny_vae(), [tiny_text_encoder()],
+                             FAMILIES["sd15"].text_encoders)
     with pytest.raises(UnknownModelError, match="SD x4 upscaler family"):
         detect_checkpoint(sd)
