@@ -15,7 +15,8 @@ A hook that must run the model again (PAG, SAG) calls `args.evaluate(x, "cond" |
 x0 of that conditioning at the current sigma, for another x and/or with one more module patch held on the live model
 for that evaluation only; `which` may also be a CONDITIONING of the hook's own (PerpNeg's empty prompt).
 `start()` may return a `StartedHook` instead of a bare function to also hold a module patch on the model while
-the uncond of every step is evaluated (SAG records an attention map there); such a hook makes the sampler evaluate the uncond even at cfg == 1 (ComfyUI's disable_cfg1_optimization).
+the uncond of every step is evaluated (SAG records an attention map there); such a hook makes the sampler
+evaluate the uncond even at cfg == 1 (ComfyUI's disable_cfg1_optimization).
 """
 from __future__ import annotations
 
