@@ -1,6 +1,6 @@
-"""More of ComfyUI's guidance patch nodes (TCFG, Mahiro, FreSca, Epsilon Scaling): a MODEL in, a new MODEL handle
-with one more guidance hook out (`nodes.samplers.guidance`), the cached base untouched. The formulas are pure
-functions of the cond / uncond x0 predictions."""
+"""More of ComfyUI's guidance patch nodes (TCFG, Mahiro, FreSca, Epsilon Scaling, PerpNeg): a MODEL in, a new MODEL
+handle with one more guidance hook out (`nodes.samplers.guidance`), the cached base untouched. The formulas are pure
+functions of the cond / uncond x0 predictions; PerpNeg also evaluates its empty prompt at each step."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from graphengine import Float, Int, Node, Output
 
+from .custom_sampling.guiders import perp_neg
 from .samplers.guidance import CfgArgs, StatelessHook
-from .types import Model
+from .types import Conditioning, Model
 
 
 def tangential_damping(cond_score: torch.Tensor, uncond_score: torch.Tensor) -> torch.Tensor:
@@ -77,6 +78,16 @@ def fresca_pre_cfg(scale_low: float, scale_high: float, freq_cutoff: int):
 def epsilon_scaled(args: CfgArgs, factor: float) -> torch.Tensor:
     """Epsilon scaling (arXiv 2308.15321, uniform schedule): the guided noise prediction divided by `factor`."""
     return args.x - (args.x - args.denoised) / factor
+
+
+def perp_neg_cfg(empty_conditioning: list, neg_scale: float):
+    """The cfg function of the PerpNeg patch: PerpNegGuider's combination, with the empty prompt's x0 evaluated
+    at the step's x and sigma."""
+    def cfg(args: CfgArgs) -> torch.Tensor:
+        empty = args.evaluate(args.x, empty_conditioning)
+        return perp_neg(args.cond_denoised, args.uncond_denoised, empty, neg_scale, args.cond_scale)
+
+    return cfg
 
 
 def _patched(model, node: str, hook: StatelessHook):
@@ -148,4 +159,21 @@ class EpsilonScaling(Node):
                         StatelessHook("post_cfg", lambda args: epsilon_scaled(args, factor)))
 
 
-NODE_CLASSES = [TCFG, Mahiro, FreSca, EpsilonScaling]
+class PerpNeg(Node):
+    """Perp-Neg as a model patch: the negative prompt only removes what is perpendicular to the positive one."""
+
+    DISPLAY_NAME = "Perp-Neg (DEPRECATED by PerpNegGuider)"
+    CATEGORY = "_for_testing"
+    DEPRECATED = True
+    RETURNS = (Output("MODEL"),)
+
+    model: Model
+    empty_conditioning: Conditioning
+    neg_scale: Annotated[float, Float(min=0.0, max=100.0, step=0.01)] = 1.0
+
+    def execute(self, ctx) -> tuple:
+        fn = perp_neg_cfg(list(self.empty_conditioning), float(self.neg_scale))
+        return _patched(self.model, "PerpNeg", StatelessHook("cfg", fn))
+
+
+NODE_CLASSES = [TCFG, Mahiro, FreSca, EpsilonScaling, PerpNeg]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .comfy_compat.handles import ComfyModelMethods, ComfyVaeMethods
+from .model_compute import Compute
 from .samplers.conds import repeat_to_batch
 from .samplers.model_sampling import ModelSampling, ModelSamplingDiscrete
 from .work import (UNET_CALL_PIXELS, VAE_CALL_PIXELS, Interrupt, Progress, cancel_checks, device_budget, map_rows,
@@ -169,6 +170,8 @@ class UNetModel(ComfyModelMethods):
     # unCLIP models: the image-embedding noise augmentor (nodes.unclip.NoiseAugmentor); its output enters the UNet
     # as `class_labels`.
     unclip: Any = None
+    # How the UNet's forward runs (nodes.model_compute.Compute: compute dtype, torch.compile), in `apply_model` only.
+    compute: Compute = field(default_factory=Compute)
 
     def with_weight_patch(self, patch: Any) -> UNetModel:
         """A new handle with one more weight patch (the cached base module is not touched)."""
@@ -181,6 +184,10 @@ class UNetModel(ComfyModelMethods):
     def with_guidance(self, hook: Any) -> UNetModel:
         """A new handle with one more guidance hook (see `guidance`)."""
         return dataclasses.replace(self, guidance=(*self.guidance, hook))
+
+    def with_compute(self, **changes: Any) -> UNetModel:
+        """A new handle whose UNet runs another way (see `compute`): dtype= and/or backend=."""
+        return dataclasses.replace(self, compute=dataclasses.replace(self.compute, **changes))
 
     def with_model_sampling(self, model_sampling: Any) -> UNetModel:
         """A new handle that samples with another sigma parameterisation (ModelSamplingDiscrete & co); module
@@ -236,6 +243,9 @@ class UNetModel(ComfyModelMethods):
     def prepare_conditioning(self, conditioning: list, seed: int) -> list:
         """Per-run work on a CONDITIONING before sampling: an unCLIP model's class labels from each entry's
         unCLIP records, noised with the sampler's seed (entries are copied, never changed)."""
+        if any("concat_image" in extras for _, extras in conditioning):  # SD_4XUpscale_Conditioning's
+            from .models.families import X4_UPSCALER_UNSUPPORTED
+            raise ValueError(f"this conditioning is for an SD x4 upscaler model, and {X4_UPSCALER_UNSUPPORTED}")
         if self.unclip is None:
             return conditioning
         return [[cond, {**extras, "unclip_adm": self.unclip_adm(extras, seed)}] for cond, extras in conditioning]
@@ -284,7 +294,8 @@ class UNetModel(ComfyModelMethods):
         if control is not None:
             control.check_model(self)
         gligen = extra.get("gligen")
-        with self.patched() as unet, gligen.attached(unet) if gligen is not None else contextlib.nullcontext():
+        with self.patched() as unet, gligen.attached(unet) if gligen is not None else contextlib.nullcontext(), \
+                self.compute.running(unet) as forward:
             device, dtype = module_device_dtype(unet)
 
             def run(rows: slice) -> torch.Tensor:
@@ -298,7 +309,7 @@ class UNetModel(ComfyModelMethods):
                 residuals = {} if control is None else \
                     control.unet_kwargs(rows, x_in[rows].to(device, dtype), steps, hidden, added, dtype)
                 with torch.no_grad():
-                    out = unet(x[rows].to(device, dtype), steps, encoder_hidden_states=hidden,
+                    out = forward(x[rows].to(device, dtype), steps, encoder_hidden_states=hidden,
                                class_labels=class_labels, added_cond_kwargs=added,
                                cross_attention_kwargs={"gligen": boxes} if gligen else None, return_dict=False,
                                **residuals)[0]

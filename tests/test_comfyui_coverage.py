@@ -14,12 +14,7 @@ from nodes import register
 CORE = json.loads((Path(__file__).parent / "data" / "comfyui_core_sd_nodes.json").read_text())["nodes"]
 
 NOT_SUPPORTED = {
-    "PerpNeg": "deprecated in ComfyUI in favour of PerpNegGuider, which is offered",
-    "ModelComputeDtype": "a per-model compute dtype belongs to the speed work (issue 17) and is not offered yet",
     "ImageOnlyCheckpointLoader": "it loads Stable Video Diffusion / Zero123 checkpoints: no video or 3D family here",
-    "SD_4XUpscale_Conditioning": "the SD x4 upscaler (a pixel-conditioned 7-channel UNet) is not a supported family",
-    "InstructPixToPixConditioning": "the InstructPix2Pix 8-channel UNet is not a supported family yet",
-    "TorchCompileModel": "torch.compile of the UNet belongs to the speed work (issue 17) and is not offered yet",
 }
 
 

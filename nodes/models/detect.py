@@ -9,7 +9,9 @@ Rules (all structural, so shrunken test models of a family are detected like the
   ``cond_stage_model.model``, SDXL ``conditioner.embedders.0.transformer`` + ``.1.model``, refiner
   ``conditioner.embedders.0.model``).
 - variant, from UNet in/out channels: in == out -> normal, in == 2*out+1 -> inpaint (latent + mask + masked
-  latent), in == out+1 -> depth (SD2 only; MiDaS ``depth_model.*`` weights are ignored if present).
+  latent), in == out+1 -> depth (SD2 only; MiDaS ``depth_model.*`` weights are ignored if present), in == 2*out
+  -> InstructPix2Pix (latent + the edited image's latent; SD1 and SDXL); in == out+3 is the SD x4 upscaler,
+  refused by name.
 - prediction type (first that applies): the caller's hint; a ``v_pred`` marker key; safetensors metadata
   (``graphengine.prediction_type``, ``modelspec.prediction_type``, ``ss_v_parameterization``,
   ``modelspec.architecture`` ending in ``-v``); for 4-channel SD2 only, ComfyUI's heuristic: population std
@@ -30,7 +32,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from .errors import ModelFileError, UnknownModelError
-from .families import CUSTOM_CONFIG_KEY, ENCODER_LAYOUTS, FAMILIES, UNET_PREFIX, VAE_PREFIX, Family, get_family
+from .families import (CUSTOM_CONFIG_KEY, ENCODER_LAYOUTS, FAMILIES, UNET_PREFIX, VAE_PREFIX, X4_UPSCALER_UNSUPPORTED,
+                       Family, get_family)
 
 V_PRED_STD_THRESHOLD = 0.09
 
@@ -49,6 +52,8 @@ _FAMILY_BY_BASE_VARIANT = {
     ("sd2", "unclip"): "sd2_unclip",
     ("sdxl", "normal"): "sdxl",
     ("sdxl", "inpaint"): "sdxl_inpaint",
+    ("sd1", "ip2p"): "sd15_ip2p",
+    ("sdxl", "ip2p"): "sdxl_ip2p",
     ("sdxl_refiner", "normal"): "sdxl_refiner",
 }
 _ENCODER_BASES = {
@@ -178,6 +183,8 @@ def variant_from_channels(s: UnetStructure) -> str | None:
         return "inpaint"
     if s.in_channels == s.out_channels + 1:
         return "depth"
+    if s.in_channels == 2 * s.out_channels:
+        return "ip2p"
     return None
 
 
@@ -242,6 +249,8 @@ def detect_unet(unet_sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
     metadata = metadata or {}
     full_sd = unet_sd if full_sd is None else full_sd
     s = unet_structure(unet_sd)
+    if s.in_channels == s.out_channels + 3:
+        raise _unknown(X4_UPSCALER_UNSUPPORTED, full_sd, s, encoder_kinds)
     base, variant = base_from_unet(s), variant_from_channels(s)
     if family_hint is not None:
         family = get_family(family_hint)

@@ -22,7 +22,8 @@ _ENCODERS_BY_BASE = {"sd1": ("text_encoder",), "sd2": ("text_encoder",), "sdxl":
                      "sdxl_refiner": ("text_encoder_2",)}
 _FAMILY_NAME = {("sd1", "normal"): "sd15", ("sd1", "inpaint"): "sd15_inpaint", ("sd2", "normal"): "sd2",
                 ("sd2", "inpaint"): "sd2_inpaint", ("sd2", "depth"): "sd2_depth", ("sdxl", "normal"): "sdxl",
-                ("sdxl", "inpaint"): "sdxl_inpaint", ("sdxl_refiner", "normal"): "sdxl_refiner"}
+                ("sdxl", "inpaint"): "sdxl_inpaint", ("sdxl_refiner", "normal"): "sdxl_refiner",
+                ("sd1", "ip2p"): "sd15_ip2p", ("sdxl", "ip2p"): "sdxl_ip2p"}
 
 
 def structure_from_config(config) -> UnetStructure:

@@ -42,7 +42,7 @@ class TextEncoderSpec:
 class Family:
     name: str
     base: str  # sd1 | sd2 | sdxl | sdxl_refiner | custom
-    variant: str  # normal | inpaint | depth | refiner
+    variant: str  # normal | inpaint | depth | unclip | ip2p | refiner
     prediction_type: str  # epsilon | v_prediction
     latent_scale_factor: float
     in_channels: int
@@ -82,6 +82,10 @@ REFINER_CLIP_G = TextEncoderSpec(
     "tokenizer_openclip", layer=-2, final_norm=False, pooled=True,
 )
 
+# Families that are recognised only to be refused by name (the loader and the sampler say this)
+X4_UPSCALER_UNSUPPORTED = ("the SD x4 upscaler family (a 7-channel UNet: the latent plus the low-resolution image, "
+                           "with a noise-level class embedding) is not supported by this engine")
+
 SD_LATENT_SCALE = 0.18215
 SDXL_LATENT_SCALE = 0.13025
 
@@ -106,6 +110,10 @@ FAMILIES: dict[str, Family] = {
         Family("sd2_unclip", "sd2", "unclip", V, SD, 4, SD2_TEXT, "StableUnCLIPImg2ImgPipeline", 768, H64),
         Family("sdxl", "sdxl", "normal", EPS, XL, 4, SDXL_TEXT, "StableDiffusionXLPipeline", 1024, H64),
         Family("sdxl_inpaint", "sdxl", "inpaint", EPS, XL, 9, SDXL_TEXT, "StableDiffusionXLInpaintPipeline", 1024, H64),
+        # InstructPix2Pix: the edited image's (unscaled) VAE latent enters as 4 more input channels
+        Family("sd15_ip2p", "sd1", "ip2p", EPS, SD, 8, SD1_TEXT, "StableDiffusionInstructPix2PixPipeline", 512, H8),
+        Family("sdxl_ip2p", "sdxl", "ip2p", EPS, XL, 8, SDXL_TEXT, "StableDiffusionXLInstructPix2PixPipeline", 1024,
+               H64),
         Family("sdxl_refiner", "sdxl_refiner", "refiner", EPS, XL, 4, REFINER_TEXT, "StableDiffusionXLImg2ImgPipeline",
                1024, H64),
     )

@@ -314,8 +314,8 @@ def guided_x0(
     if guidance is not None:
         def evaluate(x_eval: torch.Tensor, which: str, module_patch: Any = None) -> torch.Tensor:
             patches = () if module_patch is None else (module_patch,)
-            return conditioning_x0(model, positive if which == "cond" else negative, x_eval, sigma, concat_for,
-                                   patches)
+            conditioning = which if isinstance(which, list) else positive if which == "cond" else negative
+            return conditioning_x0(model, conditioning, x_eval, sigma, concat_for, patches)
 
         uncond = preds[1] if with_uncond else torch.zeros_like(preds[0])
         x0, uncond = guidance.combine(x, sigma, preds[0], uncond, cfg, evaluate)

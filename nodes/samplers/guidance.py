@@ -13,9 +13,10 @@ When the uncond pass is skipped (cfg == 1), hooks see an all-zero uncond, as in 
 
 A hook that must run the model again (PAG, SAG) calls `args.evaluate(x, "cond" | "uncond", module_patch)`: the
 x0 of that conditioning at the current sigma, for another x and/or with one more module patch held on the live model
-for that evaluation only. `start()` may return a `StartedHook` instead of a bare function to also hold a module
-patch on the model while the uncond of every step is evaluated (SAG records an attention map there); such a hook
-makes the sampler evaluate the uncond even at cfg == 1 (ComfyUI's disable_cfg1_optimization).
+for that evaluation only; `which` may also be a CONDITIONING of the hook's own (PerpNeg's empty prompt).
+`start()` may return a `StartedHook` instead of a bare function to also hold a module patch on the model while
+the uncond of every step is evaluated (SAG records an attention map there); such a hook makes the sampler
+evaluate the uncond even at cfg == 1 (ComfyUI's disable_cfg1_optimization).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Any, Callable, Literal, Protocol
 import torch
 
 STAGES = ("pre_cfg", "cfg", "post_cfg", "denoise_mask")
-Which = Literal["cond", "uncond"]
+Which = Literal["cond", "uncond"] | list  # a list: a CONDITIONING evaluated as given
 
 
 class Evaluate(Protocol):
@@ -50,8 +51,8 @@ class CfgArgs:
 
     def evaluate(self, x: torch.Tensor, which: Which, module_patch: Any = None) -> torch.Tensor:
         """x0 of the cond or uncond conditioning for `x` at this sigma (see `Evaluate`)."""
-        if which not in ("cond", "uncond"):
-            raise ValueError(f"evaluate: which must be 'cond' or 'uncond', got {which!r}")
+        if not isinstance(which, list) and which not in ("cond", "uncond"):
+            raise ValueError(f"evaluate: which must be 'cond' or 'uncond' (or a CONDITIONING list), got {which!r}")
         if self.evaluator is None:
             raise RuntimeError("this guidance hook needs to run the model again, which this sampler cannot do")
         return self.evaluator(x, which, module_patch)

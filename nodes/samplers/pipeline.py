@@ -69,12 +69,18 @@ def build_concat(
     denoise_mask: torch.Tensor | None,
     to_model: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
-    """Extra input channels for inpaint (9) and depth (5) UNets, [B, k, h, w]; None for 4-channel models.
+    """Extra input channels for inpaint (9), InstructPix2Pix (8) and depth (5) UNets, [B, k, h, w]; None for
+    4-channel models.
 
     Inpaint: [mask (1ch, rounded), masked-image latent (4ch, model units)] from the cond's
-    `concat_mask` / `concat_latent_image`, else from the sampled latent and its noise mask.
+    `concat_mask` / `concat_latent_image`, else from the sampled latent and its noise mask. InstructPix2Pix: the
+    cond's `concat_latent_image` as the VAE gave it (not scaled, as the model was trained), zeros without one.
     """
     batch, _, height, width = shape
+    if in_channels == 8:
+        image = cond_dict.get("concat_latent_image")
+        image = torch.zeros(shape) if image is None else _resize_latent(image.to(torch.float32), height, width)
+        return repeat_to_batch(image, batch)
     if in_channels == 5:
         depth = cond_dict.get("concat_depth")
         if depth is None:

@@ -60,3 +60,33 @@ def test_object_info_of_the_patches(env):
     assert info["TCFG"]["output_name"] == ["patched_model"] and info["TCFG"]["category"] == "advanced/guidance"
     assert info["Epsilon Scaling"]["input"]["required"]["scaling_factor"][1]["default"] == 1.005
     assert info["FreSca"]["input_order"]["required"] == ["model", "scale_low", "scale_high", "freq_cutoff"]
+
+
+@pytest.mark.parametrize("neg_scale", [1.0, 2.5])
+def test_perp_neg_patch_with_ksampler_equals_the_perp_neg_guider(env, neg_scale):
+    graph = {**base_graph(), "blank": node("CLIPTextEncode", clip=["ckpt", 1], text=""),
+             "patch": node("PerpNeg", model=["ckpt", 0], empty_conditioning=["blank", 0], neg_scale=neg_scale),
+             "ks": node("KSampler", model=["patch", 0], seed=7, steps=3, cfg=4.0, sampler_name="euler",
+                        scheduler="normal", positive=["pos", 0], negative=["neg", 0], latent_image=["empty", 0],
+                        denoise=1.0),
+             "plain": node("KSampler", model=["ckpt", 0], seed=7, steps=3, cfg=4.0, sampler_name="euler",
+                           scheduler="normal", positive=["pos", 0], negative=["neg", 0], latent_image=["empty", 0],
+                           denoise=1.0),
+             "guider": node("PerpNegGuider", model=["ckpt", 0], positive=["pos", 0], negative=["neg", 0],
+                            empty_conditioning=["blank", 0], cfg=4.0, neg_scale=neg_scale),
+             "adv": node("SamplerCustomAdvanced", noise=["noise", 0], guider=["guider", 0], sampler=["select", 0],
+                         sigmas=["sigmas", 0], latent_image=["empty", 0]),
+             "noise": node("RandomNoise", noise_seed=7), "select": node("KSamplerSelect", sampler_name="euler"),
+             "sigmas": node("BasicScheduler", model=["ckpt", 0], scheduler="normal", steps=3, denoise=1.0),
+             "out_patch": capture(["ks", 0]), "out_guider": capture(["adv", 0]), "out_plain": capture(["plain", 0])}
+    patched, guided, plain = env.values(graph, "out_patch", "out_guider", "out_plain")
+    # the guider evaluates the three prompts in one batched call, the patch the empty one on its own
+    torch.testing.assert_close(patched["samples"], guided["samples"], atol=2e-4, rtol=1e-4)
+    assert not torch.allclose(patched["samples"], plain["samples"], atol=1e-3)
+
+
+def test_perp_neg_object_info(env):
+    info = env.registry.object_info()["PerpNeg"]
+    assert info["input_order"]["required"] == ["model", "empty_conditioning", "neg_scale"]
+    assert info["input"]["required"]["neg_scale"][1] == {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01}
+    assert info["output"] == ["MODEL"] and info["deprecated"] is True and info["category"] == "_for_testing"

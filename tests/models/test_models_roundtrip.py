@@ -31,6 +31,8 @@ EXPECTED = {
     "sdxl": ("epsilon", 0.13025, 4, ("clip_l", "open_clip_g")),
     "sdxl_inpaint": ("epsilon", 0.13025, 9, ("clip_l", "open_clip_g")),
     "sdxl_refiner": ("epsilon", 0.13025, 4, ("open_clip_g",)),
+    "sd15_ip2p": ("epsilon", 0.18215, 8, ("clip_l",)),
+    "sdxl_ip2p": ("epsilon", 0.13025, 8, ("clip_l", "open_clip_g")),
 }
 
 

@@ -46,6 +46,8 @@ def write_models(base: Path) -> None:
     save_checkpoint(models / "checkpoints" / "tiny_sd15.safetensors", unet, vae, [text], "sd15")
     save_checkpoint(models / "checkpoints" / "tiny_inpaint.safetensors", tiny_unet(in_channels=9, seed=3), vae,
                     [text], "sd15_inpaint")
+    save_checkpoint(models / "checkpoints" / "tiny_ip2p.safetensors", tiny_unet(in_channels=8, seed=5), vae,
+                    [text], "sd15_ip2p")
     # SD1-layout depth models do not exist as a family, so the 5-channel variant is a self-describing custom file.
     save_checkpoint(models / "checkpoints" / "tiny_depth.safetensors", tiny_unet(in_channels=5, seed=4), vae,
                     [text], "custom")
