@@ -18,6 +18,7 @@ from graphengine import Combo, Interrupted, Node, Output
 
 from . import costs
 from .handles import UNetModel, VaeModel
+from .pixel_model import NoVae, load_pixel_handle
 from .services import ModelFiles
 
 # Family base -> the CLIP encoding scheme of nodes.clip.ClipModel, and the latent space used for previews.
@@ -70,6 +71,7 @@ def model_handle(loaded: Any, manager: Any, preview_vae: VaeModel | None = None)
                              latent_space=latent_space, manager=manager,
                              preview_vae=preview_vae if latent_space == "custom" else None,
                              zsnr=getattr(loaded.detection, "zsnr", False))
+    handle = dataclasses.replace(handle, scheduler_config=dict(loaded.scheduler_config or {}) or None)
     if family.variant == "unclip":
         from .unclip import load_noise_augmentor
 
@@ -131,8 +133,11 @@ class CheckpointLoaderSimple(Node):
     def execute(self, ctx) -> tuple:
         services = ctx.services
         with loading(self.ckpt_name):
-            loaded = services.manager.load_checkpoint(services.folders.resolve("checkpoints", self.ckpt_name),
-                                                      interrupt=ctx.check_cancelled)
+            path = services.folders.resolve("checkpoints", self.ckpt_name)
+            pixel = load_pixel_handle(services, path, self.ckpt_name)
+            if pixel is not None:  # pixel space: no text encoder, no VAE (CLIP None fails as ComfyUI's does)
+                return pixel, None, NoVae(self.ckpt_name)
+            loaded = services.manager.load_checkpoint(path, interrupt=ctx.check_cancelled)
         return checkpoint_outputs(ctx, loaded)
 
 
@@ -223,7 +228,11 @@ class UNETLoader(Node):
         # compute precision (fp16/bf16 on GPU), which only costs memory, not correctness.
         services = ctx.services
         with loading(self.unet_name):
-            loaded = services.manager.load_unet(services.folders.resolve("diffusion_models", self.unet_name))
+            path = services.folders.resolve("diffusion_models", self.unet_name)
+            pixel = load_pixel_handle(services, path, self.unet_name)
+            if pixel is not None:
+                return (pixel,)
+            loaded = services.manager.load_unet(path)
         return (model_handle(loaded, services.manager),)
 
 

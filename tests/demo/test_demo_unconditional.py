@@ -1,0 +1,59 @@
+"""The pixel-space unconditional demo model: its trainer is seeded and resumable (an interrupted run ends where an
+uninterrupted one does), and the committed model draws clean shapes through the engine where the untrained
+architecture draws none (skipped when models/checkpoints/graphengine-demo-uncond.safetensors is absent)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+for _path in (ROOT / "tools", ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import train_demo_unconditional as trainer  # noqa: E402
+
+MODEL = ROOT / "models" / "checkpoints" / "graphengine-demo-uncond.safetensors"
+SAMPLES = 8
+MIN_CLEAN = 4  # of 8 through the engine; see bench/demo_unconditional_quality.py for the measured rate
+
+
+def _args(tmp_path: Path, steps: int):
+    return trainer.parse_args(["--steps", str(steps), "--batch", "2", "--save-every", "1", "--warmup", "1",
+                               "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out.safetensors"),
+                               "--untrained-out", str(tmp_path / "untrained.safetensors")])
+
+
+def test_training_resumes_where_an_uninterrupted_run_ends(tmp_path):
+    trainer.train(_args(tmp_path / "once", 2))
+    trainer.train(_args(tmp_path / "twice", 1))
+    trainer.train(_args(tmp_path / "twice", 2))
+    once = torch.load(tmp_path / "once" / "work" / "state.pt", weights_only=True)
+    twice = torch.load(tmp_path / "twice" / "work" / "state.pt", weights_only=True)
+    assert once["step"] == twice["step"] == 2
+    for key, value in once["ema"].items():
+        assert torch.equal(value, twice["ema"][key]), key
+    from nodes.models.pixel_unet import load_pixel_model
+
+    exported = load_pixel_model(tmp_path / "once" / "out.safetensors")
+    assert exported.metadata["graphengine.training_steps"] == "2"
+    assert torch.equal(exported.unet.state_dict()["conv_in.weight"], once["ema"]["conv_in.weight"])
+
+
+@pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL.name} is absent (train with "
+                                                "tools/train_demo_unconditional.py)")
+def test_trained_model_draws_clean_shapes_and_untrained_does_not(tmp_path):
+    import demo_unconditional_quality as bench
+
+    from demo_quality import make_engine
+
+    trained = bench.sample(make_engine(MODEL.parents[1], tmp_path / "trained"), SAMPLES, 25, "DDIMScheduler")
+    bench.write_untrained(tmp_path / "untrained_models")
+    untrained = bench.sample(make_engine(tmp_path / "untrained_models", tmp_path / "untrained"), SAMPLES, 25,
+                             "DDIMScheduler")
+    assert sum(bench.clean_shape(image)["ok"] for image in trained) >= MIN_CLEAN
+    assert sum(bench.clean_shape(image)["ok"] for image in untrained) == 0
