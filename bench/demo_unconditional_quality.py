@@ -6,10 +6,10 @@
 
 Samples `count` 32x32 images with `workflows.templates.unconditional` (DiffusersSchedulerSampler, no prompt) and
 scores each with `clean_shape`: does it show one clean shape on a plain background? The background colour is the
-median of the border pixels, and at least 90 % of the border must be near it; the pixels far from it (the
-foreground) must form one 4-connected blob of 8-40 % of the image... of reasonable area (stray pixels outside it at
-most a tenth of its size) whose inner pixels have a low colour spread, and the background outside it must be flat.
-The renderer's own training images pass (`--data` prints their rate); noise does not.
+median of the border pixels and at least 90 % of the border must be near it; the pixels far from it (the
+foreground) must form one 4-connected blob of 0.5-40 % of the image (stray foreground outside it at most a tenth of
+its size) with a flat colour inside, few in-between (blurred) pixels around it, and a flat background. The
+renderer's own training images all pass (`--data` scores them too); noise and blurred, mottled blobs do not.
 
 `--untrained` adds the baseline: the same architecture with random weights (the trainer's step-0 initialisation),
 exported the same way into a temporary models folder. `--grid` writes the first 16 samples as a 4x4 PNG (4x upscaled).
@@ -47,7 +47,11 @@ FOREGROUND_DISTANCE = 64.0  # at least this far = foreground (in between: antial
 MIN_PLAIN_BORDER = 0.9
 MIN_AREA, MAX_AREA = 0.005, 0.4  # of the image
 MAX_STRAY = 0.1  # foreground pixels outside the blob, relative to the blob
-MAX_SPREAD = 28.0  # mean per-channel standard deviation of the blob's inner pixels / the background
+# Mean per-channel standard deviation (0-255) of the blob's inner pixels and of the background. The renderer's own
+# images stay below 1.1 and 3.2 (300 images); a blurred, mottled blob does not.
+MAX_SPREAD = 8.0
+MAX_BACKGROUND_SPREAD = 6.0
+MAX_EDGE = 1.25  # half-way pixels per outline pixel: renderer images <= 1.14 (300 images), blurred ones more
 BATCH = 16
 
 
@@ -81,15 +85,21 @@ def clean_shape(image: np.ndarray) -> dict:
         inner = blob
     spread = float(pixels[inner].std(axis=0).mean()) if inner.any() else float("inf")
     flat = float(pixels[distance <= BACKGROUND_DISTANCE].std(axis=0).mean()) if plain_border else float("inf")
+    # Sharpness: pixels a quarter to three quarters of the way from the background to the blob's colour, per
+    # pixel of the blob's outline (antialiasing alone gives at most about one such pixel per outline pixel).
+    contrast = float(np.linalg.norm(np.median(pixels[blob], axis=0) - background)) if blob.any() else 1.0
+    ratio = distance / max(contrast, 1.0)
+    outline = max(1, int((blob & ~inner).sum()))
+    edge = float(((ratio > 0.25) & (ratio < 0.75)).sum()) / outline
     result = {"plain_border": plain_border, "one_blob": bool(sizes.size) and stray <= MAX_STRAY,
               "area_ok": MIN_AREA <= area <= MAX_AREA, "flat_shape": spread <= MAX_SPREAD,
-              "flat_background": flat <= MAX_SPREAD}
+              "flat_background": flat <= MAX_BACKGROUND_SPREAD, "sharp_edge": edge <= MAX_EDGE}
     result["ok"] = all(result.values())
-    return result
+    return result | {"spread": spread, "background_spread": flat, "edge": edge}
 
 
 def summarize(scores: list[dict]) -> dict:
-    keys = ("plain_border", "one_blob", "area_ok", "flat_shape", "flat_background", "ok")
+    keys = ("plain_border", "one_blob", "area_ok", "flat_shape", "flat_background", "sharp_edge", "ok")
     return {key: sum(s[key] for s in scores) / len(scores) for key in keys} | {"count": len(scores)}
 
 
@@ -129,7 +139,7 @@ def write_grid(images: list[np.ndarray], path: Path, columns: int = 4, scale: in
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
-    keys = ("plain_border", "one_blob", "area_ok", "flat_shape", "flat_background", "ok", "count")
+    keys = ("plain_border", "one_blob", "area_ok", "flat_shape", "flat_background", "sharp_edge", "ok", "count")
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, summary in rows:
         cells = [f"{summary[k]:.2f}" if k != "count" else str(summary[k]) for k in keys]

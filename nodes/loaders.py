@@ -100,6 +100,16 @@ def checkpoint_outputs(ctx: Any, loaded: Any) -> tuple:
     return model, clip, vae
 
 
+def load_checkpoint_outputs(ctx: Any, path: Path, name: str) -> tuple:
+    """(MODEL, CLIP, VAE) of a checkpoint file or diffusers folder. A pixel-space model (nodes.pixel_model) has
+    neither text encoder nor VAE: CLIP is None (failing as ComfyUI's does) and the VAE a stand-in that says why."""
+    services = ctx.services
+    pixel = load_pixel_handle(services, path, name)
+    if pixel is not None:
+        return pixel, None, NoVae(name)
+    return checkpoint_outputs(ctx, services.manager.load_checkpoint(path, interrupt=ctx.check_cancelled))
+
+
 def prediction_from_config(path: Path) -> str | None:
     """An LDM yaml's `parameterization: "v"` (SD2-768-v configs) -> "v_prediction"; else None."""
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -131,14 +141,9 @@ class CheckpointLoaderSimple(Node):
         return costs.model_file(services, "checkpoints", inputs.get("ckpt_name"), 3)
 
     def execute(self, ctx) -> tuple:
-        services = ctx.services
         with loading(self.ckpt_name):
-            path = services.folders.resolve("checkpoints", self.ckpt_name)
-            pixel = load_pixel_handle(services, path, self.ckpt_name)
-            if pixel is not None:  # pixel space: no text encoder, no VAE (CLIP None fails as ComfyUI's does)
-                return pixel, None, NoVae(self.ckpt_name)
-            loaded = services.manager.load_checkpoint(path, interrupt=ctx.check_cancelled)
-        return checkpoint_outputs(ctx, loaded)
+            return load_checkpoint_outputs(ctx, ctx.services.folders.resolve("checkpoints", self.ckpt_name),
+                                           self.ckpt_name)
 
 
 class CheckpointLoader(Node):

@@ -57,3 +57,23 @@ def test_trained_model_draws_clean_shapes_and_untrained_does_not(tmp_path):
                              "DDIMScheduler")
     assert sum(bench.clean_shape(image)["ok"] for image in trained) >= MIN_CLEAN
     assert sum(bench.clean_shape(image)["ok"] for image in untrained) == 0
+
+
+def test_scorer_passes_rendered_shapes_and_fails_noise_blur_and_two_shapes():
+    import demo_unconditional_quality as bench
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    images = bench.training_images(24)
+    assert all(bench.clean_shape(image)["ok"] for image in images)
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    assert not bench.clean_shape(noise)["ok"]
+    for image in images[:6]:
+        blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.5)))
+        noisy = np.clip(image + np.random.default_rng(1).normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+        two = image.copy()
+        background = two[0, 0].astype(int)
+        two[24:30, 24:30] = 255 - background  # a second blob, far from the background colour
+        assert not bench.clean_shape(blurred)["ok"]
+        assert not bench.clean_shape(noisy)["ok"]
+        assert not bench.clean_shape(two)["ok"]

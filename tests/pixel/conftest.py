@@ -29,6 +29,7 @@ def write_models(models: Path) -> None:
     write_pixel_file(models / "checkpoints" / CLASS_FILE, tiny_pixel_unet(1, num_class_embeds=CLASSES))
     write_pixel_file(models / "diffusion_models" / PIXEL_FILE, tiny_pixel_unet(0))
     write_ddpm_folder(models / "checkpoints" / DDPM_FOLDER, tiny_pixel_unet(2))
+    write_ddpm_folder(models / "diffusers" / DDPM_FOLDER, tiny_pixel_unet(2))
     save_checkpoint(models / "checkpoints" / SD_FILE, tiny_unet(), tiny_vae(), [tiny_text_encoder()], "sd15")
 
 
@@ -56,7 +57,8 @@ def node(class_type: str, **inputs) -> dict:
 def pixel_graph(ckpt: str = PIXEL_FILE, size: int = 16, batch: int = 1, loader: str = "CheckpointLoaderSimple",
                 class_label: int | None = None) -> dict:
     """Loader, empty conditioning (with a class label if given) and an empty pixel latent."""
-    name_input = "ckpt_name" if loader == "CheckpointLoaderSimple" else "unet_name"
+    name_input = {"CheckpointLoaderSimple": "ckpt_name", "UNETLoader": "unet_name",
+                  "DiffusersLoader": "model_path"}[loader]
     extra = {"weight_dtype": "default"} if loader == "UNETLoader" else {}
     graph = {"ckpt": node(loader, **{name_input: ckpt}, **extra), "empty_cond": node("EmptyConditioning"),
              "cond": ["empty_cond", 0],

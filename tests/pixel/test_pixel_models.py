@@ -85,6 +85,9 @@ def test_unet_loader_and_checkpoint_loader_give_the_same_model(pixel_env):
     by_checkpoint = sampled(pixel_env, ksampler(seed=4))
     by_unet_loader = sampled(pixel_env, ksampler(seed=4), loader="UNETLoader")
     assert torch.equal(by_checkpoint, by_unet_loader)
+    folder = sampled(pixel_env, ksampler(seed=4), ckpt=DDPM_FOLDER)
+    assert torch.equal(folder, sampled(pixel_env, ksampler(seed=4), ckpt=DDPM_FOLDER, loader="DiffusersLoader"))
+    assert (folder - by_checkpoint).abs().max() > 0.01
 
 
 def test_ksampler_advanced_split_run_equals_one_run(pixel_env):
