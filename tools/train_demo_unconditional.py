@@ -1,6 +1,6 @@
 """Train the bundled tiny pixel-space unconditional model: a diffusers ``UNet2DModel`` + ``DDPMScheduler``.
 
-    nice -n 10 python tools/train_demo_unconditional.py [--steps 2400] [--work runs/uncond]
+    nice -n 10 python tools/train_demo_unconditional.py [--steps 750] [--work build/demo-uncond]
         [--out models/checkpoints/graphengine-demo-uncond.safetensors]
 
 Data: the demo model's shapes renderer (tools/shapes_data.py), one coloured shape on a plain background,
@@ -97,7 +97,7 @@ def export(path: Path, unet, scheduler, step: int) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=750)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=100)
