@@ -21,7 +21,7 @@ NODE_MODULES = ("loaders", "conditioning", "latent", "sampling", "vae", "image",
                 "custom_sampling",
                 "guidance_patches",
                 "latent_ops", "latent_operations", "latent_composite", "latent_batch", "latent_files", "primitives",
-                "loaders_more", "model_compute", "image_conditioned",
+                "loaders_more", "model_compute", "image_conditioned", "pixel_diffusion", "diffusers_sampling",
                 "image_transform", "image_filters", "image_batch", "image_compose", "image_save_animated",
                 )
 

@@ -172,6 +172,8 @@ class UNetModel(ComfyModelMethods):
     unclip: Any = None
     # How the UNet's forward runs (nodes.model_compute.Compute: compute dtype, torch.compile), in `apply_model` only.
     compute: Compute = field(default_factory=Compute)
+    # The checkpoint's diffusers scheduler config (its training schedule), for DiffusersSchedulerSampler.
+    scheduler_config: dict | None = None
 
     def with_weight_patch(self, patch: Any) -> UNetModel:
         """A new handle with one more weight patch (the cached base module is not touched)."""
@@ -428,6 +430,14 @@ class VaeModel(ComfyVaeMethods):
     def _pixels_out(decoded: torch.Tensor) -> torch.Tensor:
         return ((decoded + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).contiguous()
 
+    def _checked_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        channels = latent.shape[1] if latent.ndim == 4 else None
+        if channels is not None and channels != self.latent_channels:
+            hint = ": it is the image of a pixel-space model (use PixelLatentToImage)" if channels == 3 else ""
+            raise ValueError(f"this VAE decodes {self.latent_channels}-channel latents, got a {channels}-channel "
+                             f"LATENT{hint}")
+        return latent.to(torch.float32)
+
     def _rows_per_call(self, latent_pixels: int) -> int:
         return rows_per_call(latent_pixels, device_budget(VAE_CALL_PIXELS, compute_device(self.manager, self.vae)))
 
@@ -460,7 +470,7 @@ class VaeModel(ComfyVaeMethods):
     def decode(self, latent: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         """IMAGE [B,H,W,3] 0..1 from a raw latent; a big batch runs in row chunks with progress(i, n) before
         each; retries tiled on out-of-memory."""
-        latent = latent.to(torch.float32)
+        latent = self._checked_latent(latent)
         rows = self._rows_per_call(latent.shape[-2] * latent.shape[-1])
         if latent.shape[0] <= rows:
             return self._decode_rows(latent, progress)
@@ -479,7 +489,7 @@ class VaeModel(ComfyVaeMethods):
     def decode_tiled(self, latent: torch.Tensor, tile_size: int, overlap: int,
                      progress: Progress | None = None) -> torch.Tensor:
         """Decode in latent tiles of `tile_size` sharing `overlap` latent pixels; progress(i, tiles) before each."""
-        decoded = tiled_map(self._decode_raw, latent.to(torch.float32), tile=tile_size,
+        decoded = tiled_map(self._decode_raw, self._checked_latent(latent), tile=tile_size,
                             overlap=min(overlap, tile_size // 4), scale=self.downscale, out_channels=3,
                             progress=progress)
         return self._pixels_out(decoded)

@@ -18,6 +18,7 @@ from graphengine import Combo, Interrupted, Node, Output
 
 from . import costs
 from .handles import UNetModel, VaeModel
+from .pixel_model import NoVae, load_pixel_handle
 from .services import ModelFiles
 
 # Family base -> the CLIP encoding scheme of nodes.clip.ClipModel, and the latent space used for previews.
@@ -70,6 +71,7 @@ def model_handle(loaded: Any, manager: Any, preview_vae: VaeModel | None = None)
                              latent_space=latent_space, manager=manager,
                              preview_vae=preview_vae if latent_space == "custom" else None,
                              zsnr=getattr(loaded.detection, "zsnr", False))
+    handle = dataclasses.replace(handle, scheduler_config=dict(loaded.scheduler_config or {}) or None)
     if family.variant == "unclip":
         from .unclip import load_noise_augmentor
 
@@ -96,6 +98,16 @@ def checkpoint_outputs(ctx: Any, loaded: Any) -> tuple:
     model = model_handle(loaded, services.manager, vae)
     clip = clip_handle(loaded.text_encoders, loaded.family.base, services)
     return model, clip, vae
+
+
+def load_checkpoint_outputs(ctx: Any, path: Path, name: str) -> tuple:
+    """(MODEL, CLIP, VAE) of a checkpoint file or diffusers folder. A pixel-space model (nodes.pixel_model) has
+    neither text encoder nor VAE: CLIP is None (failing as ComfyUI's does) and the VAE a stand-in that says why."""
+    services = ctx.services
+    pixel = load_pixel_handle(services, path, name)
+    if pixel is not None:
+        return pixel, None, NoVae(name)
+    return checkpoint_outputs(ctx, services.manager.load_checkpoint(path, interrupt=ctx.check_cancelled))
 
 
 def prediction_from_config(path: Path) -> str | None:
@@ -129,11 +141,9 @@ class CheckpointLoaderSimple(Node):
         return costs.model_file(services, "checkpoints", inputs.get("ckpt_name"), 3)
 
     def execute(self, ctx) -> tuple:
-        services = ctx.services
         with loading(self.ckpt_name):
-            loaded = services.manager.load_checkpoint(services.folders.resolve("checkpoints", self.ckpt_name),
-                                                      interrupt=ctx.check_cancelled)
-        return checkpoint_outputs(ctx, loaded)
+            return load_checkpoint_outputs(ctx, ctx.services.folders.resolve("checkpoints", self.ckpt_name),
+                                           self.ckpt_name)
 
 
 class CheckpointLoader(Node):
@@ -223,7 +233,11 @@ class UNETLoader(Node):
         # compute precision (fp16/bf16 on GPU), which only costs memory, not correctness.
         services = ctx.services
         with loading(self.unet_name):
-            loaded = services.manager.load_unet(services.folders.resolve("diffusion_models", self.unet_name))
+            path = services.folders.resolve("diffusion_models", self.unet_name)
+            pixel = load_pixel_handle(services, path, self.unet_name)
+            if pixel is not None:
+                return (pixel,)
+            loaded = services.manager.load_unet(path)
         return (model_handle(loaded, services.manager),)
 
 

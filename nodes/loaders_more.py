@@ -8,7 +8,7 @@ from typing import Annotated
 from graphengine import Combo, Node, Output
 
 from . import costs
-from .loaders import CHECKPOINT_RETURNS, checkpoint_outputs, clip_handle, loading
+from .loaders import CHECKPOINT_RETURNS, clip_handle, load_checkpoint_outputs, loading
 from .services import ModelFiles
 
 # DualCLIPLoader's `type`: the pair of encoders it expects, in the family's slot order
@@ -53,11 +53,9 @@ class DiffusersLoader(Node):
     model_path: Annotated[str, Combo(ModelFiles("diffusers"))]
 
     def execute(self, ctx) -> tuple:
-        services = ctx.services
         with loading(self.model_path):
-            loaded = services.manager.load_checkpoint(services.folders.resolve("diffusers", self.model_path),
-                                                      interrupt=ctx.check_cancelled)
-        return checkpoint_outputs(ctx, loaded)
+            return load_checkpoint_outputs(ctx, ctx.services.folders.resolve("diffusers", self.model_path),
+                                           self.model_path)
 
 
 NODE_CLASSES = [DualCLIPLoader, DiffusersLoader]

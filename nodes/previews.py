@@ -28,6 +28,7 @@ LATENT_RGB: dict[str, tuple[tuple[tuple[float, float, float], ...], tuple[float,
         ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362), (-0.3165, -0.2492, -0.2188)),
         (0.1084, -0.0175, -0.0011),
     ),
+    "pixel": (((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), (0.0, 0.0, 0.0)),  # pixel-space models: the image
 }
 PREVIEW_MAX_SIDE = 512
 log = logging.getLogger("graphengine.previews")

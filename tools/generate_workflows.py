@@ -49,6 +49,7 @@ WORKFLOWS: dict[str, tuple[str, dict[str, Any]]] = {
         "prompt": "a red circle on the left and a yellow square on the right on a blue background",
         "regions": ["a large red circle in the center on a blue background",
                     "a large yellow square in the center on a blue background"]}),
+    "unconditional": ("unconditional", {}),
 }
 
 

@@ -15,6 +15,7 @@ from graphengine.script import Graph, OutputRef
 BASE_CHECKPOINT = "graphengine-demo.safetensors"
 INPAINT_CHECKPOINT = "graphengine-demo-inpaint.safetensors"
 DEPTH_CHECKPOINT = "graphengine-demo-depth.safetensors"
+UNCOND_CHECKPOINT = "graphengine-demo-uncond.safetensors"  # pixel-space UNet2DModel + DDPMScheduler, 32x32 shapes
 DEMO_LORA = "graphengine-demo-corners.safetensors"  # models/loras/: teaches the demo model shapes in the corners
 DEMO_CLIPSEG = "graphengine-demo-clipseg"  # models/clipseg/: finds "the red circle" in the shapes scenes
 UPSCALE_MODEL = "RealESRGAN_x2plus.pth"  # models/upscale_models/: not bundled (RealESRGAN's own 2x release file)
@@ -319,6 +320,23 @@ def area_composition(prompt: str, regions: list[str], negative: str = "", width:
     return g
 
 
+def unconditional(scheduler: str = "DDIMScheduler", steps: int = 50, seed: int = 0, batch_size: int = 4,
+                  width: int = 32, height: int = 32, scheduler_options: str = "{}",
+                  checkpoint: str = UNCOND_CHECKPOINT, filename_prefix: str = "unconditional", *,
+                  registry: NodeRegistry | None = None) -> Graph:
+    """Unconditional generation with a pixel-space model (no prompt, no VAE), sampled by a diffusers scheduler the
+    way diffusers' DDPMPipeline/DDIMPipeline do; the sampled LATENT is the image itself."""
+    g = _graph(registry)
+    model, _clip, _vae = g.CheckpointLoaderSimple(ckpt_name=checkpoint)
+    nothing = g.EmptyConditioning()
+    latent = g.EmptyPixelLatent(width=width, height=height, batch_size=batch_size)
+    sampled = g.DiffusersSchedulerSampler(model=model, positive=nothing, negative=nothing, latent_image=latent,
+                                          scheduler=scheduler, seed=seed, steps=steps, cfg=1.0,
+                                          scheduler_options=scheduler_options)
+    g.SaveImage(images=g.PixelLatentToImage(samples=sampled), filename_prefix=filename_prefix)
+    return g
+
+
 TEMPLATES = {
     "txt2img": txt2img,
     "lora": lora,
@@ -333,4 +351,5 @@ TEMPLATES = {
     "hires_fix_model": hires_fix_model,
     "variations": variations,
     "area_composition": area_composition,
+    "unconditional": unconditional,
 }

@@ -34,6 +34,7 @@ def write_demo_named_checkpoints(models: Path) -> None:
     save_checkpoint(folder / INPAINT_CHECKPOINT, tiny_unet(in_channels=9, seed=3), vae, [text], "sd15_inpaint")
     # No SD1-layout depth family exists, so the 5-channel model is a self-describing custom file.
     save_checkpoint(folder / DEPTH_CHECKPOINT, tiny_unet(in_channels=5, seed=4), vae, [text], "custom")
+    write_demo_named_pixel_model(folder)
     write_demo_named_lora(models / "loras")
     write_demo_named_upscale_model(models / "upscale_models")
     write_demo_named_clipseg(models / "clipseg")
@@ -50,6 +51,14 @@ def write_demo_named_controlnet(folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     write_safetensors(folder / DEMO_CONTROLNET, controlnet_to_original(tiny_controlnet(tiny_unet(), 7).state_dict()))
+
+
+def write_demo_named_pixel_model(folder: Path) -> None:
+    """A tiny random pixel-space UNet2DModel under the unconditional demo model's name."""
+    from tests.pixel.tiny import tiny_pixel_unet, write_pixel_file
+    from workflows.templates import UNCOND_CHECKPOINT
+
+    write_pixel_file(folder / UNCOND_CHECKPOINT, tiny_pixel_unet())
 
 
 def write_demo_named_clipseg(folder: Path) -> None:

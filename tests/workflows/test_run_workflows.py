@@ -36,12 +36,14 @@ EXPECTED_IMAGES = {
     "variations": (4, (64, 64)),
     "variations_seeds": (3, (64, 64)),
     "area_composition": (1, (128, 64)),
+    "unconditional": (4, (32, 32)),
 }
 NEEDS_SPANDREL = {"hires_fix_model"}  # an upscale model: spandrel is an optional extra (installed in CI)
 
 
 def fast_overrides(prompt: dict) -> list[str]:
-    return [f"{node_id}.steps={FAST_STEPS}" for node_id, node in prompt.items() if node["class_type"] == "KSampler"]
+    return [f"{node_id}.steps={FAST_STEPS}" for node_id, node in prompt.items()
+            if node["class_type"] in ("KSampler", "DiffusersSchedulerSampler")]
 
 
 def dirs(models_dir: Path, out: Path) -> list[str]:

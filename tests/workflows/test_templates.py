@@ -33,7 +33,7 @@ def test_every_template_graph_validates_against_the_full_registry(stem, sd_regis
 def test_template_table_covers_the_required_templates():
     assert set(TEMPLATES) == {"txt2img", "img2img", "inpaint", "inpaint_model", "outpaint", "depth2img",
                               "hires_fix", "hires_fix_model", "variations", "area_composition", "lora",
-                              "clipseg_inpaint", "controlnet"}
+                              "clipseg_inpaint", "controlnet", "unconditional"}
 
 
 def test_inpaint_model_methods_use_the_two_inpaint_nodes(schema_registry):
