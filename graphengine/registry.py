@@ -46,6 +46,20 @@ class PackRecord:
         return self.error is None
 
 
+def _custom_nodes_package(folder: Path) -> types.ModuleType:
+    """The `custom_nodes` package packs are imported under, with `folder` on its path: Python resolves a relative
+    import inside a pack's submodule through the top-level package, and some packs import `custom_nodes.<pack>`."""
+    package = sys.modules.get("custom_nodes")
+    if package is None:
+        package = types.ModuleType("custom_nodes", "The custom node packs loaded by graphengine.")
+        package.__path__ = []
+        sys.modules["custom_nodes"] = package
+    path = getattr(package, "__path__", None)
+    if isinstance(path, list) and str(folder) not in path:
+        path.append(str(folder))
+    return package
+
+
 class NodeRegistry:
     """Holds node classes by ComfyUI class_type and the node layer's services (used for computed combos)."""
 
@@ -245,6 +259,7 @@ class NodeRegistry:
     def _load_pack(self, pack: str, init: Path, record: PackRecord) -> None:
         module_name = f"custom_nodes.{pack}"
         self.install_import_shims()
+        parent = _custom_nodes_package(init.parent.parent if init.name == "__init__.py" else init.parent)
         spec = importlib.util.spec_from_file_location(module_name, init,
                                                       submodule_search_locations=[str(init.parent)]
                                                       if init.name == "__init__.py" else None)
@@ -257,6 +272,7 @@ class NodeRegistry:
         except BaseException:
             sys.modules.pop(module_name, None)
             raise
+        setattr(parent, pack, module)
         before = set(self._schemas)
         if is_comfy_module(module):
             register_comfy_module(self, module, module_name, record)

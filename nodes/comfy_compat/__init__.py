@@ -62,6 +62,7 @@ def shim_factories(services: Any) -> dict[str, Callable[[], types.ModuleType]]:
         "comfy.utils": lambda: comfy_utils.build(services),
         "comfy.model_management": lambda: model_management.build(services),
         "comfy.samplers": comfy_misc.build_samplers,
+        "execution": comfy_misc.build_execution,
         "comfy.sd": comfy_misc.build_sd,
         "comfy.model_patcher": comfy_misc.build_model_patcher,
         "node_helpers": comfy_misc.build_node_helpers,

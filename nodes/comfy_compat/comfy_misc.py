@@ -1,5 +1,5 @@
 """The smaller modules packs import: the `comfy` package itself, `comfy.samplers` (the engine's sampler and
-scheduler names), `comfy.sd` / `comfy.model_patcher` (handle class names for isinstance checks), `node_helpers`
+scheduler names), `execution` (a name only), `comfy.sd` / `comfy.model_patcher` (handle class names for isinstance checks), `node_helpers`
 and `latent_preview`."""
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ class KSampler:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError("comfy.samplers.KSampler objects are not provided by graphengine's compatibility "
                                   "layer: use the KSampler node (nodes.KSampler / nodes.common_ksampler)")
+
+
+def build_execution() -> types.ModuleType:
+    """ComfyUI's `execution` module by name only: packs that import it to patch the executor still load; every
+    attribute they then read is the layer's AttributeError (this engine's executor is not ComfyUI's)."""
+    return make_module("execution", "graphengine's stand-in for ComfyUI's `execution` module: it provides nothing.",
+                       {})
 
 
 def build_samplers() -> types.ModuleType:

@@ -11,7 +11,7 @@ from typing import Any
 
 PROVIDED = {
     "MODEL": "clone, model_options, set_model_sampler_cfg_function, set_model_sampler_pre_cfg_function, "
-             "set_model_sampler_post_cfg_function, get_model_object",
+             "set_model_sampler_post_cfg_function, get_model_object, model.model_sampling, model.diffusion_model",
     "CLIP": "clone, tokenize, encode_from_tokens, encode_from_tokens_scheduled",
     "VAE": "encode, decode, encode_tiled, decode_tiled, latent_channels, downscale_ratio, upscale_ratio",
 }
@@ -50,6 +50,24 @@ class ComfyGuidanceHook:
 
     def _post_cfg(self, args: Any) -> Any:
         return self.fn({**self._args(args), "denoised": args.denoised})
+
+
+class InnerModelView:
+    """`MODEL.model` (ComfyUI's BaseModel) as far as packs read it: `model_sampling` and `diffusion_model`."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    @property
+    def model_sampling(self) -> Any:
+        return self._handle.get_model_object("model_sampling")
+
+    @property
+    def diffusion_model(self) -> Any:
+        return self._handle.get_model_object("diffusion_model")
+
+    def __getattr__(self, name: str) -> Any:
+        raise missing("MODEL", f"model.{name}")
 
 
 class ComfyModelMethods:
@@ -92,6 +110,10 @@ class ComfyModelMethods:
     def set_model_sampler_post_cfg_function(self, post_cfg_function: Callable,
                                             disable_cfg1_optimization: bool = False) -> None:
         self._add_hook("post_cfg", post_cfg_function)
+
+    @property
+    def model(self) -> InnerModelView:
+        return InnerModelView(self)
 
     def get_model_object(self, name: str) -> Any:
         if name == "model_sampling":

@@ -26,6 +26,8 @@ class PromptServer:
         self.routes = web.RouteTableDef()
         self._bridge: Any = None
         self.last_node_id: str | None = None
+        # the server serves each pack's WEB_DIRECTORY itself, so packs must not copy their scripts anywhere
+        self.supports = ["custom_nodes_from_web"]
 
     @property
     def client_id(self) -> str | None:

@@ -90,6 +90,11 @@ def test_model_cfg_function_on_a_clone_steers_sampling(env):
         assert "sampler_cfg_function" in patched.model_options
         assert "sampler_cfg_function" not in model.model_options
         assert patched.get_model_object("model_sampling") is model.model_sampling
+        assert patched.model.model_sampling is model.model_sampling  # ComfyUI's BaseModel view
+        sigma = torch.tensor([1.0])
+        assert torch.equal(patched.model.model_sampling.timestep(sigma), model.model_sampling.timestep(sigma))
+        with pytest.raises(AttributeError, match="MODEL object has no attribute 'model.apply_model'"):
+            patched.model.apply_model  # noqa: B018
         return patched
 
     graph5 = demo_graph(steps=3, cfg=5.0)

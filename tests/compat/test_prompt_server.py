@@ -69,3 +69,8 @@ async def test_a_failing_server_extension_is_logged_and_the_server_serves(tmp_pa
         response = await srv.client.get("/object_info")
         assert response.status == 200
     assert "pack route setup failed" in caplog.text
+
+
+def test_prompt_server_says_it_serves_pack_frontends_itself():
+    # packs read this list to decide whether to copy their scripts into the server's own web folder
+    assert "custom_nodes_from_web" in prompt_server.build().PromptServer.instance.supports
