@@ -20,7 +20,7 @@ from graphengine import Combo, Float, Int, Node, Output, String
 from graphengine.spec import INT_LIMIT
 
 from . import costs
-from .samplers.conds import _cat_extra, controls_for_uncond, group_passes, make_passes, repeat_to_batch
+from .samplers.conds import cat_extra, controls_for_uncond, group_passes, make_passes, repeat_to_batch
 from .pixel_model import PIXEL_LATENT_SPACE
 from .samplers.latent_format import latent_from_model
 from .sampling import MAX_STEPS, run_sampler
@@ -108,7 +108,7 @@ def guided_output(model: Any, x_in: torch.Tensor, t: torch.Tensor, positive: lis
         xs = torch.cat([x_in[..., p.window[0], p.window[1]] for p in group])
         concat = torch.cat([p.concat for p in group]) if group[0].concat is not None else None
         out = model.apply_model(xs, repeat_to_batch(t.reshape(1), xs.shape[0]),
-                                torch.cat([p.context for p in group]), concat=concat, **_cat_extra(group))
+                                torch.cat([p.context for p in group]), concat=concat, **cat_extra(group))
         for p, part in zip(group, out.to(torch.float32).split(x_in.shape[0])):
             rows, cols = p.window
             totals[p.slot][..., rows, cols] += part * p.mult

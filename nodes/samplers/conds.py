@@ -162,7 +162,8 @@ def group_passes(passes: list[CondPass], x: torch.Tensor) -> list[list[CondPass]
     return groups
 
 
-def _cat_extra(group: list[CondPass]) -> dict:
+def cat_extra(group: list[CondPass]) -> dict:
+    """The passes' extra tensors (pooled output, class labels…) joined along the batch, for one call."""
     merged = {}
     for key, first in group[0].extra.items():
         if isinstance(first, torch.Tensor):
@@ -181,7 +182,7 @@ def run_group(model, group: list[CondPass], x: torch.Tensor, sigma: torch.Tensor
     t = ms.timestep(sigmas).to(torch.float32)
     context = torch.cat([p.context for p in group])
     concat = torch.cat([p.concat for p in group]) if group[0].concat is not None else None
-    extra = _cat_extra(group)
+    extra = cat_extra(group)
     if group[0].control is not None:
         control = group[0].control.bind(float(sigma[0]), ms.percent_to_sigma, xs.shape[-2], xs.shape[-1],
                                         xs.shape[0], len(group))
